@@ -1,0 +1,86 @@
+"""Engines and sessions, for PostgreSQL (production) and SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; the message is fit for an operator."""
+
+
+def normalize_url(url: str) -> URL:
+    """Accept the URL forms operators paste and pick the driver we ship.
+
+    ``postgres://`` and ``postgresql://`` both mean PostgreSQL through psycopg 3.
+    """
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite+pysqlite")
+    raise ValueError(f"unsupported database URL scheme: {parsed.drivername}")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()
+
+
+def create_db_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine; for SQLite, make sure the file's folder exists and foreign keys are on."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    connect_args = kwargs.setdefault("connect_args", {})
+    connect_args.setdefault("connect_timeout", 10)
+    connect_args.setdefault("application_name", "rewards")
+    # Stored instants are UTC; make CURRENT_TIMESTAMP defaults agree whatever the server's zone.
+    connect_args.setdefault("options", "-c timezone=UTC")
+    return create_engine(parsed, **kwargs)
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise :class:`DatabaseUnavailable` with one readable line if the database does not answer."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(describe_db_error(engine, exc)) from exc
+
+
+def describe_db_error(engine: Engine, exc: BaseException) -> str:
+    """One line an operator can act on, without a traceback or a password."""
+    where = engine.url.render_as_string(hide_password=True)
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"database unavailable ({where}): {text}"
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits together at the end, or not at all."""
+    with session_factory(engine)() as session, session.begin():
+        yield session

@@ -1,0 +1,1 @@
+"""The points ledger: earn, redeem, expire, and what remains of each credit."""
