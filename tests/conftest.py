@@ -28,6 +28,19 @@ REQUIRE_POSTGRES = os.environ.get("REWARDS_REQUIRE_POSTGRES") == "1"
 BACKENDS = ("sqlite", "postgresql")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the SQLite variant of tests marked ``postgres_only``."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
+        (drop if on_sqlite and item.get_closest_marker("postgres_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _admin_engine() -> Engine:
     return create_engine(
         normalize_url(TEST_DATABASE_URL),

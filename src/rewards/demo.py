@@ -22,14 +22,69 @@ from sqlalchemy import Engine, insert
 from rewards.ledger.rules import Credit, available, due_expirations
 from rewards.models import Account, PointLedger, User
 
-FIRST_NAMES = (
-    "Ada Alan Amara Bea Carlos Chen Dara Elif Emeka Farah Grace Hana Ines Ivan Jonas Kai Lena "
-    "Luca Maya Mei Nadia Noah Omar Priya Quinn Rosa Sami Tariq Una Vera Wen Yara Zoe"
-).split()
-LAST_NAMES = (
-    "Abara Berg Costa Diaz Eriksen Fischer Garcia Haddad Ito Jensen Kowalski Larsen Moreau "
-    "Novak Okafor Patel Quispe Rossi Silva Tanaka Umar Varga Weber Xu Yilmaz Zhou"
-).split()
+FIRST_NAMES = [
+    "Ada",
+    "Alan",
+    "Amara",
+    "Bea",
+    "Carlos",
+    "Chen",
+    "Dara",
+    "Elif",
+    "Emeka",
+    "Farah",
+    "Grace",
+    "Hana",
+    "Ines",
+    "Ivan",
+    "Jonas",
+    "Kai",
+    "Lena",
+    "Luca",
+    "Maya",
+    "Mei",
+    "Nadia",
+    "Noah",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tariq",
+    "Una",
+    "Vera",
+    "Wen",
+    "Yara",
+    "Zoe",
+]
+LAST_NAMES = [
+    "Abara",
+    "Berg",
+    "Costa",
+    "Diaz",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Haddad",
+    "Ito",
+    "Jensen",
+    "Kowalski",
+    "Larsen",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Patel",
+    "Quispe",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Umar",
+    "Varga",
+    "Weber",
+    "Xu",
+    "Yilmaz",
+    "Zhou",
+]
 MALFORMED_EMAILS = ("not-an-email", "jane@", "@example.com", "bob@@example.com", "a b@example.com")
 
 
@@ -83,7 +138,9 @@ def _account_activity(
         events.append((day, "EARN", points, day + timedelta(days=365)))
         if rng.random() < 0.15:
             promo_life = timedelta(days=rng.choice((30, 45, 60, 90)))
-            events.append((day + timedelta(hours=2), "EARN", rng.choice((25, 50, 100)), day + promo_life))
+            events.append(
+                (day + timedelta(hours=2), "EARN", rng.choice((25, 50, 100)), day + promo_life)
+            )
         if rng.random() < 0.03:
             events.append((day + timedelta(hours=3), "ADJUST", rng.choice((20, 50)), None))
         if rng.random() < 0.3:
@@ -97,22 +154,45 @@ def _account_activity(
         if moment >= now:
             continue
         if kind in ("EARN", "ADJUST"):
-            row = _row(f"{account_id}-{len(rows):04d}", account_id, kind, moment, credit=points, expires_at=expires_at)
+            row = _row(
+                f"{account_id}-{len(rows):04d}",
+                account_id,
+                kind,
+                moment,
+                credit=points,
+                expires_at=expires_at,
+            )
             credits.append(Credit(row["id"], points, moment, expires_at))
             rows.append(row)
             continue
         # As the ledger does: post what expired before this redemption, then spend.
         for instant, expired in sorted(due_expirations(credits, debits, moment).items()):
             rows.append(
-                _row(f"{account_id}-{len(rows):04d}", account_id, "EXPIRE", instant, debit=expired, expires_at=instant,
-                     description="Points expired")
+                _row(
+                    f"{account_id}-{len(rows):04d}",
+                    account_id,
+                    "EXPIRE",
+                    instant,
+                    debit=expired,
+                    expires_at=instant,
+                    description="Points expired",
+                )
             )
             debits += expired
         spendable = available(credits, debits, moment)
         if spendable < 50:
             continue
         spend = rng.randint(50, spendable) // 10 * 10
-        rows.append(_row(f"{account_id}-{len(rows):04d}", account_id, "REDEEM", moment, debit=spend, description="Reward redeemed"))
+        rows.append(
+            _row(
+                f"{account_id}-{len(rows):04d}",
+                account_id,
+                "REDEEM",
+                moment,
+                debit=spend,
+                description="Reward redeemed",
+            )
+        )
         debits += spend
     return rows
 

@@ -101,7 +101,7 @@ class PointLedger(Base):
             name="PointLedger_entryType_check",
         ),
         CheckConstraint(
-            "(\"entryType\" <> 'EARN' OR \"credit\" > 0)"
+            '("entryType" <> \'EARN\' OR "credit" > 0)'
             " AND (\"entryType\" NOT IN ('REDEEM', 'EXPIRE') OR \"debit\" > 0)",
             name="PointLedger_entryType_direction",
         ),

@@ -45,13 +45,18 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             continue
         result[table] = {
             "columns": [(c["name"], c["nullable"]) for c in insp.get_columns(table)],
-            "indexes": sorted((i["name"], tuple(i["column_names"])) for i in insp.get_indexes(table)),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"])) for i in insp.get_indexes(table)
+            ),
         }
     return result
 
 
 def indexes(engine: Engine, table: str) -> dict[str, list[str]]:
-    return {i["name"]: list(i["column_names"]) for i in inspect(engine).get_indexes(table)}
+    return {
+        str(i["name"]): [str(c) for c in i["column_names"]]
+        for i in inspect(engine).get_indexes(table)
+    }
 
 
 def columns(engine: Engine, table: str) -> list[str]:
@@ -84,7 +89,9 @@ def test_downgrade_removes_exactly_what_the_seed_rollback_removes_and_keeps_user
     baseline = snapshot(engine)
     migrate.upgrade(engine)
     with engine.begin() as conn:
-        conn.execute(text("""INSERT INTO "User" ("id", "email", "name") VALUES ('u1', 'a@b.co', 'Ann')"""))
+        conn.execute(
+            text("""INSERT INTO "User" ("id", "email", "name") VALUES ('u1', 'a@b.co', 'Ann')""")
+        )
         conn.execute(text("""INSERT INTO "Account" ("id", "userId") VALUES ('a1', 'u1')"""))
         conn.execute(
             text(

@@ -1,4 +1,7 @@
-"""``rewards db``: migrations, the equivalents of Prisma's ``migrate deploy|resolve|status|history|validate``."""
+"""``rewards db``: migrations.
+
+The equivalents of Prisma's ``migrate deploy|resolve|status|history|validate``.
+"""
 
 from __future__ import annotations
 

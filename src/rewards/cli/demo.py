@@ -40,8 +40,12 @@ def demo(
         no_email = conn.scalar(select(func.count()).where(User.email.is_(None)))
         accounts = conn.scalar(select(func.count()).select_from(Account))
         by_type = conn.execute(
-            select(PointLedger.entryType, func.count(), func.sum(PointLedger.credit),
-                   func.sum(PointLedger.debit))
+            select(
+                PointLedger.entryType,
+                func.count(),
+                func.sum(PointLedger.credit),
+                func.sum(PointLedger.debit),
+            )
             .group_by(PointLedger.entryType)
             .order_by(PointLedger.entryType)
         ).all()

@@ -33,32 +33,28 @@ def _root(ctx: typer.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    Typer handles usage errors and ``--help`` itself (raising ``SystemExit``);
+    the domain's errors are caught here and shown as one line.
+    """
     try:
-        result = app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="rewards")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SettingsError as exc:
-        err.print(f"error: {exc}", highlight=False)
-        return 2
+        return _fail(str(exc), 2)
     except (DatabaseUnavailable, MigrationError) as exc:
-        err.print(f"error: {exc}", highlight=False)
-        return 1
+        return _fail(str(exc), 1)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        err.print(f"error: database error: {detail[0] if detail else type(exc).__name__}")
-        return 1
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        err.print("Aborted.")
-        return 1
-    except Exception as exc:  # click's usage errors and the like
-        import click
+        return _fail(f"database error: {detail[0] if detail else type(exc).__name__}", 1)
+    return 0
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return result if isinstance(result, int) else 0
+
+def _fail(message: str, code: int) -> int:
+    err.print(f"error: {message}", highlight=False, markup=False)
+    return code
 
 
 if __name__ == "__main__":

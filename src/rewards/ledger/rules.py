@@ -33,7 +33,12 @@ class Credit:
 
 def consumption_key(credit: Credit) -> tuple[bool, datetime, datetime, str]:
     """Sort key of the consumption order: expiry (never last), then creation, then id."""
-    return (credit.expires_at is None, credit.expires_at or datetime.min, credit.created_at, credit.id)
+    return (
+        credit.expires_at is None,
+        credit.expires_at or datetime.min,
+        credit.created_at,
+        credit.id,
+    )
 
 
 def remainders(credits: Iterable[Credit], total_debits: int) -> dict[str, int]:
@@ -49,9 +54,7 @@ def remainders(credits: Iterable[Credit], total_debits: int) -> dict[str, int]:
 def available(credits: Sequence[Credit], total_debits: int, as_of: datetime) -> int:
     """Points that can be spent at ``as_of``: remainders of credits not yet expired."""
     left = remainders(credits, total_debits)
-    return sum(
-        left[c.id] for c in credits if c.expires_at is None or c.expires_at > as_of
-    )
+    return sum(left[c.id] for c in credits if c.expires_at is None or c.expires_at > as_of)
 
 
 def due_expirations(

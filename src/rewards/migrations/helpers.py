@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 
-def timestamp3() -> sa.types.TypeEngine[object]:
+def timestamp3() -> sa.types.TypeEngine[datetime]:
     """``TIMESTAMP(3)`` on PostgreSQL, ``DATETIME`` on SQLite."""
     return sa.DateTime().with_variant(postgresql.TIMESTAMP(precision=3), "postgresql")
 

@@ -74,12 +74,14 @@ def upgrade() -> None:
             name="PointLedger_entryType_check",
         ),
         sa.CheckConstraint(
-            "(\"entryType\" <> 'EARN' OR \"credit\" > 0)"
+            '("entryType" <> \'EARN\' OR "credit" > 0)'
             " AND (\"entryType\" NOT IN ('REDEEM', 'EXPIRE') OR \"debit\" > 0)",
             name="PointLedger_entryType_direction",
         ),
     )
-    op.create_index("PointLedger_accountId_createdAt_idx", "PointLedger", ["accountId", "createdAt"])
+    op.create_index(
+        "PointLedger_accountId_createdAt_idx", "PointLedger", ["accountId", "createdAt"]
+    )
 
 
 def downgrade() -> None:

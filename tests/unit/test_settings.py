@@ -1,0 +1,65 @@
+"""Settings validate themselves and name the variable at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from rewards.config import EmailBackend, SettingsError, load_settings
+from rewards.db import normalize_url
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgres://u@h:5432/db", "postgresql+psycopg"),
+        ("postgresql://u@h/db", "postgresql+psycopg"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg"),
+        ("sqlite:///rewards.db", "sqlite+pysqlite"),
+    ],
+)
+def test_database_urls_are_normalised_to_the_shipped_drivers(url: str, driver: str) -> None:
+    assert normalize_url(url).drivername == driver
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    settings = load_settings()
+    assert settings.is_sqlite
+    assert settings.notify_tiers == (30, 7, 1)
+    assert settings.notify_cron == "0 9 * * *"
+    assert settings.email_backend is EmailBackend.FILE
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://x@y/z")
+    monkeypatch.setenv("REWARDS_NOTIFY_TIERS", "1, 14,60,3")
+    monkeypatch.setenv("REWARDS_TIMEZONE", "Europe/Paris")
+    monkeypatch.setenv("REWARDS_EMAIL_BACKEND", "smtp")
+    settings = load_settings()
+    assert settings.database_url == "postgres://x@y/z"
+    assert settings.notify_tiers == (60, 14, 3, 1)
+    assert settings.zone.key == "Europe/Paris"
+    assert settings.email_backend is EmailBackend.SMTP
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DATABASE_URL", "mysql://x/y", "invalid setting DATABASE_URL"),
+        ("REWARDS_NOTIFY_TIERS", "30,seven", "invalid setting REWARDS_NOTIFY_TIERS"),
+        ("REWARDS_NOTIFY_TIERS", "30,30", "distinct"),
+        ("REWARDS_NOTIFY_TIERS", "0", "between 1 and 3650"),
+        ("REWARDS_NOTIFY_TIERS", "", "at least one tier"),
+        ("REWARDS_TIMEZONE", "Mars/Olympus", "unknown time zone"),
+        ("REWARDS_SMTP_PORT", "99999", "invalid setting REWARDS_SMTP_PORT"),
+        ("REWARDS_EMAIL_BACKEND", "pigeon", "invalid setting REWARDS_EMAIL_BACKEND"),
+        ("REWARDS_NOTIFY_MAX_ATTEMPTS", "0", "invalid setting REWARDS_NOTIFY_MAX_ATTEMPTS"),
+    ],
+)
+def test_invalid_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=message) as excinfo:
+        load_settings()
+    assert "\n" not in str(excinfo.value)
