@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -31,6 +32,7 @@ from rewards.clock import utc_naive
 from rewards.ids import new_id
 
 ENTRY_TYPES = ("EARN", "REDEEM", "EXPIRE", "ADJUST")
+LIVE_STATUS_SQL = text("\"status\" IN ('PENDING', 'SENT', 'SKIPPED')")
 NOW = text("CURRENT_TIMESTAMP")
 
 
@@ -109,6 +111,14 @@ class PointLedger(Base):
         Index("PointLedger_expiresAt_idx", "expiresAt"),
         Index("PointLedger_expiresAt_credit_idx", "expiresAt", "credit"),
         Index("PointLedger_accountId_expiresAt_idx", "accountId", "expiresAt"),
+        Index(
+            "PointLedger_expire_once_idx",
+            "accountId",
+            "expiresAt",
+            unique=True,
+            postgresql_where=text("\"entryType\" = 'EXPIRE'"),
+            sqlite_where=text("\"entryType\" = 'EXPIRE'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
@@ -139,6 +149,19 @@ class NotificationLog(Base):
             "expirationDate",
         ),
         Index("NotificationLog_status_createdAt_idx", "status", "createdAt"),
+        Index(
+            "NotificationLog_live_key_idx",
+            "userId",
+            "notificationType",
+            "expirationDate",
+            unique=True,
+            postgresql_where=LIVE_STATUS_SQL,
+            sqlite_where=LIVE_STATUS_SQL,
+        ),
+        CheckConstraint(
+            "\"status\" IN ('PENDING', 'SENT', 'FAILED', 'SKIPPED')",
+            name="NotificationLog_status_check",
+        ),
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
@@ -156,3 +179,32 @@ class NotificationLog(Base):
     expirationDate: Mapped[datetime] = mapped_column("expirationDate", Timestamp)
     pointsExpiring: Mapped[int] = mapped_column("pointsExpiring", Integer)
     createdAt: Mapped[datetime] = mapped_column("createdAt", Timestamp, server_default=NOW)
+
+
+class NotificationJobRun(Base):
+    """One run of CheckExpiringPointsJob: when, as of when, what it did, and how it ended."""
+
+    __tablename__ = "NotificationJobRun"
+    __table_args__ = (
+        Index("NotificationJobRun_startedAt_idx", "startedAt"),
+        CheckConstraint(
+            "\"status\" IN ('RUNNING', 'SUCCEEDED', 'FAILED')",
+            name="NotificationJobRun_status_check",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
+    asOf: Mapped[datetime] = mapped_column("asOf", Timestamp)
+    startedAt: Mapped[datetime] = mapped_column("startedAt", Timestamp)
+    finishedAt: Mapped[datetime | None] = mapped_column("finishedAt", Timestamp)
+    status: Mapped[str] = mapped_column("status", Text)
+    trigger: Mapped[str] = mapped_column("trigger", Text, server_default=text("'cli'"))
+    expiredEntries: Mapped[int] = mapped_column("expiredEntries", Integer, server_default=text("0"))
+    expiredPoints: Mapped[int] = mapped_column("expiredPoints", Integer, server_default=text("0"))
+    planned: Mapped[int] = mapped_column("planned", Integer, server_default=text("0"))
+    sent: Mapped[int] = mapped_column("sent", Integer, server_default=text("0"))
+    failed: Mapped[int] = mapped_column("failed", Integer, server_default=text("0"))
+    skipped: Mapped[int] = mapped_column("skipped", Integer, server_default=text("0"))
+    resent: Mapped[int] = mapped_column("resent", Integer, server_default=text("0"))
+    countsByType: Mapped[dict[str, dict[str, int]] | None] = mapped_column("countsByType", JSON)
+    error: Mapped[str | None] = mapped_column("error", Text)

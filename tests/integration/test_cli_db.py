@@ -39,6 +39,7 @@ def test_upgrade_status_check_history_downgrade_round_trip(empty_database_url: s
     assert "matches" in check.stdout
     history = rewards("db", "history", **env)
     assert "add_notification_system" in history.stdout
+    assert "add_notification_delivery" in history.stdout
 
     down = rewards("db", "downgrade", "baseline", **env)
     assert down.returncode == 0, down.stderr

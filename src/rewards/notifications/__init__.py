@@ -1,0 +1,1 @@
+"""Expiry reminders: which are due, the emails, their delivery, and the daily job."""
