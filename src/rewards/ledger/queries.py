@@ -58,9 +58,7 @@ def clamp(value: ColumnElement[Any], upper: ColumnElement[Any]) -> ColumnElement
 
 def account_totals(accounts: FromClause, as_of: datetime) -> Select[Any]:
     """Per account: total credits, total debits and credits expired by ``as_of``."""
-    expired = case(
-        (and_(L.c.credit > 0, L.c.expiresAt <= _ts(as_of)), L.c.credit), else_=0
-    )
+    expired = case((and_(L.c.credit > 0, L.c.expiresAt <= _ts(as_of)), L.c.credit), else_=0)
     return (
         select(
             L.c.accountId,
@@ -108,9 +106,7 @@ def live_remainders(
 
 def accounts_table(account_ids: Iterable[str]) -> FromClause:
     """A FROM clause listing the given account ids (as column ``accountId``)."""
-    return (
-        select(A.c.id.label("accountId")).where(A.c.id.in_(list(account_ids))).subquery("accts")
-    )
+    return select(A.c.id.label("accountId")).where(A.c.id.in_(list(account_ids))).subquery("accts")
 
 
 def all_accounts() -> FromClause:
