@@ -93,6 +93,17 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
+    @field_validator("notify_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a 5-field cron expression ({exc})") from exc
+        return value
+
     @field_validator("notify_tiers", mode="before")
     @classmethod
     def _parse_tiers(cls, value: object) -> tuple[int, ...]:

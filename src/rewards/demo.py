@@ -99,7 +99,7 @@ def generate_programme(now: datetime, members: int = 1000, seed: int = 42) -> Pr
     """Members, accounts and a year of ledger rows, the same for the same ``now`` and ``seed``."""
     rng = random.Random(seed)
     programme = Programme()
-    start = now - timedelta(days=380)
+    start = now - timedelta(days=420)
     for n in range(members):
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         user_id = f"demo-user-{n:05d}"
@@ -132,18 +132,18 @@ def _account_activity(
 ) -> list[dict[str, Any]]:
     """One account's year: earn, promotions, adjustments, redemptions with lazy expiry."""
     events: list[tuple[datetime, str, int, datetime | None]] = []
-    day = start + timedelta(days=rng.randint(31, 60))
+    day = start + timedelta(days=rng.randint(31, 45))
     while day < now - timedelta(hours=1):
         points = rng.choice((50, 80, 120, 150, 200, 250, 400))
         events.append((day, "EARN", points, day + timedelta(days=365)))
-        if rng.random() < 0.15:
+        if rng.random() < 0.25:
             promo_life = timedelta(days=rng.choice((30, 45, 60, 90)))
             events.append(
                 (day + timedelta(hours=2), "EARN", rng.choice((25, 50, 100)), day + promo_life)
             )
         if rng.random() < 0.03:
             events.append((day + timedelta(hours=3), "ADJUST", rng.choice((20, 50)), None))
-        if rng.random() < 0.3:
+        if rng.random() < 0.2:
             events.append((day + timedelta(days=rng.randint(1, 20)), "REDEEM", 0, None))
         day += timedelta(days=rng.randint(20, 40), minutes=rng.randint(0, 600))
 
@@ -182,7 +182,7 @@ def _account_activity(
         spendable = available(credits, debits, moment)
         if spendable < 50:
             continue
-        spend = rng.randint(50, spendable) // 10 * 10
+        spend = rng.randint(50, max(50, spendable // 2)) // 10 * 10
         rows.append(
             _row(
                 f"{account_id}-{len(rows):04d}",

@@ -96,6 +96,16 @@ def status(engine: Engine) -> Status:
     return Status(current=current, head=head, pending=pending)
 
 
+def require_current(engine: Engine) -> None:
+    """Raise :class:`MigrationError` unless the database is at the head revision."""
+    state = status(engine)
+    if not state.up_to_date:
+        where = state.current or "an empty database"
+        raise MigrationError(
+            f"the database schema is at {where}, not {state.head}: run `rewards db upgrade`"
+        )
+
+
 def history(engine: Engine) -> list[Revision]:
     """All revisions, oldest first, with whether each is applied."""
     script = _script()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +13,13 @@ from sqlalchemy import func, select
 
 from rewards import migrate
 from rewards.cli.context import out
+from rewards.cli.notify import print_summary
 from rewards.clock import utcnow
+from rewards.config import EmailBackend, load_settings
 from rewards.db import create_db_engine
 from rewards.demo import generate_programme, load_programme
 from rewards.models import Account, PointLedger, User
+from rewards.notifications.job import CheckExpiringPointsJob
 
 
 def demo(
@@ -24,7 +29,7 @@ def demo(
     members: Annotated[int, typer.Option(min=1, max=1_000_000)] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the generated programme.")] = 42,
 ) -> None:
-    """Build a demo programme in a fresh SQLite database and summarise it."""
+    """Build a demo programme in a fresh SQLite database, run the daily job on it, summarise."""
     directory.mkdir(parents=True, exist_ok=True)
     db_path = directory / "rewards.db"
     for suffix in ("", "-wal", "-shm"):
@@ -59,4 +64,19 @@ def demo(
         f"{accounts:,} accounts"
     )
     out.print(table)
+
+    settings = load_settings(
+        database_url=f"sqlite:///{db_path}",
+        email_backend=EmailBackend.FILE,
+        outbox_dir=directory / "outbox",
+    )
+    shutil.rmtree(settings.outbox_dir, ignore_errors=True)
+    # The demo's missing and malformed emails are on purpose; keep its output to the summary.
+    logging.getLogger("rewards").setLevel(logging.ERROR)
+    summary = CheckExpiringPointsJob(engine, settings).run(trigger="demo")
+    print_summary(summary)
+    emails = sorted(settings.outbox_dir.glob("*.eml"))
+    out.print(f"{len(emails):,} reminder emails written to {settings.outbox_dir}/")
+    if emails:
+        out.print(f"  for example: {emails[0]}")
     engine.dispose()

@@ -5,16 +5,19 @@ Domain errors become one clear line on stderr and a non-zero exit; never a trace
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from rewards.cli import db, demo
+from rewards.cli import db, demo, notify, scheduler
 from rewards.cli.context import AppContext, err
 from rewards.config import SettingsError
 from rewards.db import DatabaseUnavailable
+from rewards.ledger.errors import LedgerError
 from rewards.migrate import MigrationError
+from rewards.notifications.job import JobError
 
 app = typer.Typer(
     name="rewards",
@@ -24,12 +27,20 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(notify.app, name="notify")
+app.command(name="scheduler")(scheduler.scheduler)
 app.command(name="demo")(demo.demo)
 
 
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     ctx.obj = AppContext()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SettingsError as exc:
         return _fail(str(exc), 2)
-    except (DatabaseUnavailable, MigrationError) as exc:
+    except JobError as exc:
+        return _fail(str(exc), 2)
+    except (DatabaseUnavailable, MigrationError, LedgerError) as exc:
         return _fail(str(exc), 1)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()

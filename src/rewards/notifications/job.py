@@ -1,0 +1,510 @@
+"""CheckExpiringPointsJob: expire -> plan -> write -> send -> settle -> record.
+
+Delivery is at least once, with no duplicates in normal operation: a reminder's
+row is committed as ``PENDING`` before its message leaves and settled after. A
+crash in between leaves a ``PENDING`` row that a later run (once the lease has
+passed) sends again with the same ``Message-ID``. The partial unique index on
+live rows keeps two racing runs from both writing a key; the job lock keeps
+them from racing at all.
+
+Work goes in batches of ``REWARDS_NOTIFY_BATCH_SIZE`` keys, so memory stays
+bounded whatever the size of the programme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from rewards.clock import local_date, utc_naive, utcnow
+from rewards.config import Settings
+from rewards.ids import new_id
+from rewards.ledger.queries import post_due_expirations
+from rewards.models import LIVE_STATUS_SQL, NotificationJobRun, NotificationLog, User
+from rewards.notifications.delivery import create_sender
+from rewards.notifications.delivery.base import Outcome, Sender
+from rewards.notifications.locking import job_lock
+from rewards.notifications.messages import InvalidRecipient, MessageBuilder, Reminder
+from rewards.notifications.planner import DueKey, plan_due_notifications
+from rewards.notifications.schedule import scheduled_time
+from rewards.notifications.tiers import INVALID_FORMAT, Decision, Status, decide
+
+log = logging.getLogger("rewards.notifications.job")
+
+N = NotificationLog.__table__
+U = User.__table__
+R = NotificationJobRun.__table__
+
+EXPIRED_BEFORE_DELIVERY = "points expired before the reminder could be sent"
+
+
+class JobError(Exception):
+    """The job was asked for something it must not do (e.g. a future run that writes)."""
+
+
+@dataclass
+class JobSummary:
+    """What one run did; ``as_json`` is the CLI's and the API's machine-readable form."""
+
+    as_of: datetime
+    dry_run: bool
+    run_id: str | None = None
+    expired_entries: int = 0
+    expired_points: int = 0
+    planned: int = 0
+    resent: int = 0
+    by_type: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    failures: Counter[str] = field(default_factory=Counter)
+    duration_seconds: float = 0.0
+    error: str | None = None
+
+    def count(self, status: Status) -> int:
+        return sum(c[status.value] for c in self.by_type.values())
+
+    @property
+    def sent(self) -> int:
+        return self.count(Status.SENT)
+
+    @property
+    def failed(self) -> int:
+        return self.count(Status.FAILED)
+
+    @property
+    def skipped(self) -> int:
+        return self.count(Status.SKIPPED)
+
+    def record(self, notification_type: str, status: Status, reason: str | None = None) -> None:
+        self.by_type[notification_type][status.value] += 1
+        if status is Status.FAILED and reason:
+            self.failures[reason.split(":", 1)[0]] += 1
+
+    def counts_by_type(self) -> dict[str, dict[str, int]]:
+        return {t: dict(sorted(c.items())) for t, c in sorted(self.by_type.items())}
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "asOf": self.as_of.isoformat() + "Z",
+            "dryRun": self.dry_run,
+            "runId": self.run_id,
+            "expiredEntries": self.expired_entries,
+            "expiredPoints": self.expired_points,
+            "planned": self.planned,
+            "sent": self.sent,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "resent": self.resent,
+            "byType": self.counts_by_type(),
+            "failuresByReason": dict(self.failures),
+            "durationSeconds": round(self.duration_seconds, 3),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A ``NotificationLog`` row the job is about to send or settle."""
+
+    id: str
+    key: DueKey
+
+
+class CheckExpiringPointsJob:
+    """The daily job. Build one per run; dependencies are passed in, clock included."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        sender_factory: Callable[[Settings], Sender] = create_sender,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.sender_factory = sender_factory
+        self.clock = clock
+        self.builder = MessageBuilder(settings, clock=clock)
+
+    # -- entry points -----------------------------------------------------------------
+
+    def as_of_for(self, day: date | None) -> datetime:
+        """The job's clock: now, or ``day``'s scheduled time (refused in the future)."""
+        now = self.clock()
+        if day is None:
+            return now
+        return scheduled_time(day, self.settings.notify_cron, self.settings.zone)
+
+    def run(
+        self, *, day: date | None = None, dry_run: bool = False, trigger: str = "cli"
+    ) -> JobSummary:
+        as_of = self.as_of_for(day)
+        today = local_date(self.clock(), self.settings.zone)
+        if day is not None and day > today and not dry_run:
+            raise JobError(
+                f"--as-of {day} is after today ({today}): preview it with --dry-run;"
+                " a real run would expire points early"
+            )
+        if dry_run:
+            return self._preview(as_of)
+        with job_lock(self.engine):
+            return self._run(as_of, trigger)
+
+    # -- the real run -----------------------------------------------------------------
+
+    def _run(self, as_of: datetime, trigger: str) -> JobSummary:
+        started = time.perf_counter()
+        summary = JobSummary(as_of=as_of, dry_run=False)
+        summary.run_id = self._start_record(as_of, trigger)
+        try:
+            self._expire(summary)
+            with asyncio.Runner() as loop:
+                sender = self.sender_factory(self.settings)
+                loop.run(sender.__aenter__())
+                try:
+                    self._resend_stale(summary, sender, loop)
+                    self._send_due(summary, sender, loop)
+                finally:
+                    loop.run(sender.__aexit__(None, None, None))
+        except Exception as exc:
+            summary.error = describe_error(exc)
+            summary.duration_seconds = time.perf_counter() - started
+            self._finish_record(summary, "FAILED")
+            log.error("[CheckExpiringPointsJob] run %s failed: %s", summary.run_id, summary.error)
+            raise
+        summary.duration_seconds = time.perf_counter() - started
+        self._finish_record(summary, "SUCCEEDED")
+        log.info(
+            "[CheckExpiringPointsJob] as of %s: expired %d points in %d entries; planned %d,"
+            " sent %d, failed %d, skipped %d, re-sent %d in %.2fs",
+            as_of.isoformat(),
+            summary.expired_points,
+            summary.expired_entries,
+            summary.planned,
+            summary.sent,
+            summary.failed,
+            summary.skipped,
+            summary.resent,
+            summary.duration_seconds,
+        )
+        return summary
+
+    def _expire(self, summary: JobSummary) -> None:
+        # Never expire ahead of the real clock, even for an as-of later today.
+        until = min(summary.as_of, self.clock())
+        with self.engine.begin() as conn:
+            since = self._last_success_as_of(conn)
+            summary.expired_entries, summary.expired_points = post_due_expirations(
+                conn, until, since=since - timedelta(days=1) if since else None
+            )
+
+    def _send_due(self, summary: JobSummary, sender: Sender, loop: asyncio.Runner) -> None:
+        """Plan on one connection (a stable snapshot), write and settle on another."""
+        with self.engine.connect() as reader:
+            if reader.dialect.name == "postgresql":
+                reader.execution_options(isolation_level="REPEATABLE READ")
+            for batch in self._plan(reader, summary.as_of):
+                summary.planned += len(batch)
+                to_send = self._write_decisions(summary, batch)
+                self._deliver(summary, to_send, sender, loop)
+
+    def _plan(self, conn: Connection, as_of: datetime) -> Iterable[list[DueKey]]:
+        return plan_due_notifications(
+            conn,
+            as_of=as_of,
+            zone=self.settings.zone,
+            tiers=self.settings.notify_tiers,
+            max_attempts=self.settings.notify_max_attempts,
+            batch_size=self.settings.notify_batch_size,
+        )
+
+    def _write_decisions(self, summary: JobSummary, batch: Sequence[DueKey]) -> list[_Row]:
+        """Insert one row per key: PENDING to send, SKIPPED or FAILED as decided."""
+        now = self.clock()
+        rows: list[dict[str, Any]] = []
+        keys: dict[str, DueKey] = {}
+        for key in batch:
+            decision = decide(key.email, key.email_notifications)
+            row_id = new_id()
+            keys[row_id] = key
+            rows.append(_log_values(row_id, key, decision, now))
+        with self.engine.begin() as conn:
+            inserted = _insert_logs(conn, rows)
+        to_send: list[_Row] = []
+        for row_id, status, reason in inserted:
+            key = keys[row_id]
+            if status == Status.PENDING.value:
+                to_send.append(_Row(row_id, key))
+            else:
+                summary.record(key.notification_type, Status(status), reason)
+                if status == Status.FAILED.value:
+                    log.warning(
+                        "[CheckExpiringPointsJob] not sent: user=%s type=%s date=%s reason=%s",
+                        key.user_id,
+                        key.notification_type,
+                        key.expiration_date,
+                        reason,
+                    )
+        return to_send
+
+    def _deliver(
+        self, summary: JobSummary, rows: Sequence[_Row], sender: Sender, loop: asyncio.Runner
+    ) -> None:
+        """Build, send and settle ``rows`` (all PENDING and committed)."""
+        if not rows:
+            return
+        messages: list[EmailMessage] = []
+        sendable: list[_Row] = []
+        settled: list[tuple[_Row, Outcome]] = []
+        for row in rows:
+            try:
+                messages.append(self.builder.build(_reminder(row, summary.as_of, self.settings)))
+                sendable.append(row)
+            except InvalidRecipient:
+                settled.append((row, Outcome(False, INVALID_FORMAT)))
+        outcomes = loop.run(sender.send_many(messages)) if messages else []
+        settled.extend(zip(sendable, outcomes, strict=True))
+        self._settle(summary, settled)
+
+    def _settle(self, summary: JobSummary, settled: Sequence[tuple[_Row, Outcome]]) -> None:
+        now = self.clock()
+        sent = [row.id for row, outcome in settled if outcome.delivered]
+        failed = [
+            {"b_id": row.id, "b_reason": outcome.detail or "delivery failed"}
+            for row, outcome in settled
+            if not outcome.delivered
+        ]
+        with self.engine.begin() as conn:
+            settle_sent(conn, sent, now)
+            settle_failed(conn, failed)
+        for row, outcome in settled:
+            status = Status.SENT if outcome.delivered else Status.FAILED
+            summary.record(row.key.notification_type, status, outcome.detail)
+            if not outcome.delivered:
+                log.warning(
+                    "[CheckExpiringPointsJob] delivery failed: user=%s type=%s date=%s reason=%s",
+                    row.key.user_id,
+                    row.key.notification_type,
+                    row.key.expiration_date,
+                    outcome.detail,
+                )
+
+    # -- crash recovery -----------------------------------------------------------------
+
+    def _resend_stale(self, summary: JobSummary, sender: Sender, loop: asyncio.Runner) -> None:
+        """Send again the PENDING rows a crashed run left behind (same row, same Message-ID)."""
+        cutoff = self.clock() - timedelta(seconds=self.settings.notify_lease_seconds)
+        run_date = local_date(summary.as_of, self.settings.zone)
+        after = ""
+        while True:
+            with self.engine.connect() as conn:
+                batch = conn.execute(
+                    select(
+                        N.c.id,
+                        N.c.userId,
+                        N.c.notificationType,
+                        N.c.expirationDate,
+                        N.c.pointsExpiring,
+                        U.c.email,
+                        U.c.name,
+                        U.c.emailNotifications,
+                    )
+                    .join(U, U.c.id == N.c.userId)
+                    .where(
+                        N.c.status == Status.PENDING.value,
+                        N.c.createdAt < cutoff,
+                        N.c.id > after,
+                    )
+                    .order_by(N.c.id)
+                    .limit(self.settings.notify_batch_size)
+                ).all()
+            if not batch:
+                return
+            after = batch[-1].id
+            resend: list[_Row] = []
+            closed: list[tuple[_Row, Outcome]] = []
+            for r in batch:
+                day = r.expirationDate.date()
+                key = DueKey(
+                    user_id=r.userId,
+                    notification_type=r.notificationType,
+                    expiration_date=day,
+                    days_left=(day - run_date).days,
+                    points=r.pointsExpiring,
+                    email=r.email,
+                    name=r.name,
+                    email_notifications=bool(r.emailNotifications),
+                )
+                decision = decide(key.email, key.email_notifications)
+                if key.days_left < 0:
+                    closed.append((_Row(r.id, key), Outcome(False, EXPIRED_BEFORE_DELIVERY)))
+                elif not decision.send:
+                    self._close_pending(summary, r.id, key, decision)
+                else:
+                    resend.append(_Row(r.id, key))
+            summary.resent += len(resend)
+            self._settle(summary, closed)
+            self._deliver(summary, resend, sender, loop)
+
+    def _close_pending(self, summary: JobSummary, row_id: str, key: DueKey, d: Decision) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(N)
+                .where(N.c.id == row_id, N.c.status == Status.PENDING.value)
+                .values(status=d.status.value, failureReason=d.reason)
+            )
+        summary.record(key.notification_type, d.status, d.reason)
+
+    # -- dry run --------------------------------------------------------------------------
+
+    def _preview(self, as_of: datetime) -> JobSummary:
+        """What a run would do: expiry computed and rolled back, nothing written or sent."""
+        started = time.perf_counter()
+        summary = JobSummary(as_of=as_of, dry_run=True)
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                summary.expired_entries, summary.expired_points = post_due_expirations(
+                    conn, as_of
+                )
+            finally:
+                trans.rollback()
+            for batch in self._plan(conn, as_of):
+                summary.planned += len(batch)
+                for key in batch:
+                    decision = decide(key.email, key.email_notifications)
+                    status = Status.SENT if decision.send else decision.status
+                    summary.record(key.notification_type, status, decision.reason)
+        summary.duration_seconds = time.perf_counter() - started
+        return summary
+
+    # -- the run's own record ---------------------------------------------------------------
+
+    def _start_record(self, as_of: datetime, trigger: str) -> str:
+        run_id = new_id()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(R).values(
+                    id=run_id,
+                    asOf=as_of,
+                    startedAt=self.clock(),
+                    status="RUNNING",
+                    trigger=trigger,
+                )
+            )
+        return run_id
+
+    def _finish_record(self, summary: JobSummary, status: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(R)
+                    .where(R.c.id == summary.run_id)
+                    .values(
+                        status=status,
+                        finishedAt=self.clock(),
+                        expiredEntries=summary.expired_entries,
+                        expiredPoints=summary.expired_points,
+                        planned=summary.planned,
+                        sent=summary.sent,
+                        failed=summary.failed,
+                        skipped=summary.skipped,
+                        resent=summary.resent,
+                        countsByType=summary.counts_by_type(),
+                        error=summary.error,
+                    )
+                )
+        except Exception:  # the database may be what failed; the run's error is already logged
+            log.exception("[CheckExpiringPointsJob] could not record the end of run %s", summary.run_id)
+
+    def _last_success_as_of(self, conn: Connection) -> datetime | None:
+        return conn.execute(
+            select(R.c.asOf)
+            .where(R.c.status == "SUCCEEDED")
+            .order_by(R.c.asOf.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the run record and the log: the driver's message, not the whole SQL."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
+
+
+# -- set-based writes, shared with the stale-row recovery -------------------------------
+
+
+def _log_values(row_id: str, key: DueKey, decision: Decision, now: datetime) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "userId": key.user_id,
+        "notificationType": key.notification_type,
+        "status": decision.status.value,
+        "failureReason": decision.reason,
+        "expirationDate": key.expiration_stamp,
+        "pointsExpiring": key.points,
+        "createdAt": now,
+    }
+
+
+def _insert_logs(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    """Bulk insert; a key that got a live row meanwhile is left out (unique index)."""
+    if not rows:
+        return []
+    insert_fn = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert_fn(N)
+        .on_conflict_do_nothing(
+            index_elements=["userId", "notificationType", "expirationDate"],
+            index_where=LIVE_STATUS_SQL,
+        )
+        .returning(N.c.id, N.c.status, N.c.failureReason)
+    )
+    result = conn.execute(stmt, rows)
+    return [(r.id, r.status, r.failureReason) for r in result]
+
+
+def settle_sent(conn: Connection, ids: Sequence[str], at: datetime) -> None:
+    if ids:
+        conn.execute(
+            update(N)
+            .where(N.c.id.in_(list(ids)), N.c.status == Status.PENDING.value)
+            .values(status=Status.SENT.value, sentAt=utc_naive(at))
+        )
+
+
+def settle_failed(conn: Connection, failures: Sequence[dict[str, str]]) -> None:
+    if failures:
+        conn.execute(
+            update(N)
+            .where(N.c.id == bindparam("b_id"), N.c.status == Status.PENDING.value)
+            .values(status=Status.FAILED.value, failureReason=bindparam("b_reason")),
+            list(failures),
+        )
+
+
+def _reminder(row: _Row, as_of: datetime, settings: Settings) -> Reminder:
+    key = row.key
+    assert key.email is not None
+    run_date = local_date(as_of, settings.zone)
+    return Reminder(
+        log_id=row.id,
+        user_id=key.user_id,
+        email=key.email.strip(),
+        name=key.name,
+        points=key.points,
+        expiration_date=key.expiration_date,
+        notification_type=key.notification_type,
+        days_left=(key.expiration_date - run_date).days,
+    )

@@ -1,0 +1,216 @@
+"""Which reminders are due: one set-based query for every member at once.
+
+For a run at ``as_of`` (in the programme's time zone, on ``run_date``), each
+calendar date from the run date to ``run_date + max(tiers)`` is due exactly one
+tier (:func:`rewards.notifications.tiers.tier_due`). The query sums, per member
+and date, the *remaining* points expiring that date over all of the member's
+accounts, and leaves out keys that already have a live row or have used up
+their attempts.
+
+Dates are turned into UTC ranges here, in Python, so both databases compare
+plain timestamps and daylight-saving days have their true length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    and_,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+    union_all,
+)
+
+from rewards.clock import local_date, local_midnight_utc
+from rewards.ledger.queries import live_remainders
+from rewards.models import Account, NotificationLog, PointLedger, Timestamp, User
+from rewards.notifications.tiers import LIVE_STATUSES, Status, notification_type, tier_due
+
+L = PointLedger.__table__
+N = NotificationLog.__table__
+U = User.__table__
+A = Account.__table__
+
+
+@dataclass(frozen=True)
+class DueDay:
+    """One calendar date of the window and the tier it is due."""
+
+    day: date
+    days_left: int
+    notification_type: str
+    starts: datetime  # UTC, inclusive
+    ends: datetime  # UTC, exclusive
+
+    @property
+    def expiration_stamp(self) -> datetime:
+        """How the date is stored in ``NotificationLog.expirationDate``: its midnight."""
+        return datetime.combine(self.day, time.min)
+
+
+@dataclass(frozen=True)
+class DueKey:
+    """A member, a tier and an expiration date with points still to lose."""
+
+    user_id: str
+    notification_type: str
+    expiration_date: date
+    days_left: int
+    points: int
+    email: str | None
+    name: str | None
+    email_notifications: bool
+
+    @property
+    def expiration_stamp(self) -> datetime:
+        return datetime.combine(self.expiration_date, time.min)
+
+
+def due_days(as_of: datetime, zone: ZoneInfo, tiers: Sequence[int]) -> list[DueDay]:
+    """The dates a run at ``as_of`` looks at, each with its tier and UTC bounds."""
+    run_date = local_date(as_of, zone)
+    days: list[DueDay] = []
+    for offset in range(max(tiers) + 1):
+        tier = tier_due(offset, tiers)
+        if tier is None:
+            continue
+        day = run_date + timedelta(days=offset)
+        starts = max(as_of, local_midnight_utc(day, zone))
+        ends = local_midnight_utc(day + timedelta(days=1), zone)
+        days.append(DueDay(day, offset, notification_type(tier), starts, ends))
+    return days
+
+
+def _days_table(days: Sequence[DueDay]) -> Any:
+    rows = [
+        select(
+            literal(d.expiration_stamp, Timestamp).label("expirationDate"),
+            literal(d.notification_type).label("notificationType"),
+            literal(d.days_left).label("daysLeft"),
+            literal(d.starts, Timestamp).label("starts"),
+            literal(d.ends, Timestamp).label("ends"),
+        )
+        for d in days
+    ]
+    return union_all(*rows).cte("due_days")
+
+
+def net_expiring_per_member(
+    as_of: datetime, zone: ZoneInfo, tiers: Sequence[int]
+) -> tuple[Any, list[DueDay]]:
+    """A CTE of (userId, expirationDate, notificationType, daysLeft, points) with points > 0."""
+    days = due_days(as_of, zone, tiers)
+    days_cte = _days_table(days)
+    window_end = days[-1].ends
+    due_accounts = (
+        select(L.c.accountId)
+        .where(L.c.credit > 0, L.c.expiresAt > literal(as_of, Timestamp))
+        .where(L.c.expiresAt < literal(window_end, Timestamp))
+        .distinct()
+        .cte("due_accounts")
+    )
+    remaining = live_remainders(
+        due_accounts, as_of, window_end - timedelta(milliseconds=1)
+    ).subquery("remaining")
+    points = cast(func.sum(remaining.c.remaining), Integer)
+    per_member = (
+        select(
+            A.c.userId,
+            days_cte.c.expirationDate,
+            days_cte.c.notificationType,
+            days_cte.c.daysLeft,
+            points.label("points"),
+        )
+        .select_from(remaining)
+        .join(A, A.c.id == remaining.c.accountId)
+        .join(
+            days_cte,
+            and_(
+                remaining.c.expiresAt >= days_cte.c.starts,
+                remaining.c.expiresAt < days_cte.c.ends,
+            ),
+        )
+        .group_by(
+            A.c.userId,
+            days_cte.c.expirationDate,
+            days_cte.c.notificationType,
+            days_cte.c.daysLeft,
+        )
+        .having(func.sum(remaining.c.remaining) > 0)
+        .cte("per_member")
+    )
+    return per_member, days
+
+
+def plan_query(
+    as_of: datetime, zone: ZoneInfo, tiers: Sequence[int], max_attempts: int
+) -> Select[Any]:
+    """Due keys with the member's contact details, minus what ``NotificationLog`` settles."""
+    per_member, _ = net_expiring_per_member(as_of, zone, tiers)
+    same_key = and_(
+        N.c.userId == per_member.c.userId,
+        N.c.notificationType == per_member.c.notificationType,
+        N.c.expirationDate == per_member.c.expirationDate,
+    )
+    live = exists().where(same_key, N.c.status.in_([s.value for s in LIVE_STATUSES]))
+    failures = (
+        select(func.count())
+        .select_from(N)
+        .where(same_key, N.c.status == Status.FAILED.value)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            per_member.c.userId,
+            per_member.c.notificationType,
+            per_member.c.expirationDate,
+            per_member.c.daysLeft,
+            per_member.c.points,
+            U.c.email,
+            U.c.name,
+            U.c.emailNotifications,
+        )
+        .join(U, U.c.id == per_member.c.userId)
+        .where(~live, failures < max_attempts)
+        .order_by(per_member.c.userId, per_member.c.expirationDate)
+    )
+
+
+def plan_due_notifications(
+    conn: Connection,
+    *,
+    as_of: datetime,
+    zone: ZoneInfo,
+    tiers: Sequence[int],
+    max_attempts: int,
+    batch_size: int = 1000,
+) -> Iterator[list[DueKey]]:
+    """Stream the due keys in batches (memory stays bounded at any size)."""
+    result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
+        plan_query(as_of, zone, tiers, max_attempts)
+    )
+    for partition in result.partitions():
+        yield [
+            DueKey(
+                user_id=row.userId,
+                notification_type=row.notificationType,
+                expiration_date=row.expirationDate.date(),
+                days_left=int(row.daysLeft),
+                points=int(row.points),
+                email=row.email,
+                name=row.name,
+                email_notifications=bool(row.emailNotifications),
+            )
+            for row in partition
+        ]

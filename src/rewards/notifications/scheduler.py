@@ -1,0 +1,79 @@
+"""Runs CheckExpiringPointsJob on ``REWARDS_NOTIFY_CRON`` in the programme's time zone.
+
+Coalescing folds a backlog of missed fires into one run, and a run missed while
+no process was up (say the process starts at 09:30 for a 09:00 job) is caught
+up at start, as long as no run has succeeded for that day yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy import Engine, select
+
+from rewards.clock import local_date, utcnow
+from rewards.config import Settings
+from rewards.models import NotificationJobRun
+from rewards.notifications.job import CheckExpiringPointsJob
+from rewards.notifications.locking import JobAlreadyRunning
+from rewards.notifications.schedule import cron_trigger, scheduled_time
+
+log = logging.getLogger("rewards.notifications.scheduler")
+
+JOB_ID = "CheckExpiringPointsJob"
+MISFIRE_GRACE_SECONDS = 6 * 3600
+
+
+def run_scheduled(engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+    """One scheduled run, as of today's scheduled time; a concurrent run elsewhere is fine."""
+    today = local_date(clock(), settings.zone)
+    try:
+        CheckExpiringPointsJob(engine, settings, clock=clock).run(day=today, trigger="scheduler")
+    except JobAlreadyRunning as exc:
+        log.info("[%s] %s", JOB_ID, exc)
+    except Exception:
+        log.exception("[%s] scheduled run failed", JOB_ID)
+
+
+def missed_today(engine: Engine, settings: Settings, now: datetime) -> bool:
+    """Has today's scheduled time passed with no successful run as of it?"""
+    due = scheduled_time(local_date(now, settings.zone), settings.notify_cron, settings.zone)
+    if due > now:
+        return False
+    with engine.connect() as conn:
+        done = conn.execute(
+            select(NotificationJobRun.id)
+            .where(NotificationJobRun.status == "SUCCEEDED", NotificationJobRun.asOf >= due)
+            .limit(1)
+        ).first()
+    return done is None
+
+
+def build_scheduler(
+    engine: Engine, settings: Settings, *, background: bool, catch_up: bool = True
+) -> BaseScheduler:
+    scheduler: BaseScheduler = (
+        BackgroundScheduler(timezone=settings.zone)
+        if background
+        else BlockingScheduler(timezone=settings.zone)
+    )
+    scheduler.add_job(
+        run_scheduled,
+        cron_trigger(settings.notify_cron, settings.zone),
+        args=(engine, settings),
+        id=JOB_ID,
+        name=JOB_ID,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=MISFIRE_GRACE_SECONDS,
+    )
+    if catch_up and missed_today(engine, settings, utcnow()):
+        log.info("[%s] today's run was missed; running it now", JOB_ID)
+        scheduler.add_job(run_scheduled, args=(engine, settings), id=f"{JOB_ID}-catch-up")
+    log.info("[%s] scheduled for %s", JOB_ID, settings.notify_cron)
+    return scheduler

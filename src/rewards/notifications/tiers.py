@@ -1,0 +1,79 @@
+"""Pure rules of the reminders: which tier is due, and what to do for a key.
+
+These functions are the one statement of each rule; the planner's SQL and the
+job import them rather than restating them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from email_validator import EmailNotValidError, validate_email
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+LIVE_STATUSES = (Status.PENDING, Status.SENT, Status.SKIPPED)
+"""A key with one of these is never planned again (one live row per key)."""
+
+OPTED_OUT = "user opted out"
+MISSING_EMAIL = "missing email"
+INVALID_FORMAT = "invalid format"
+
+
+def notification_type(tier: int) -> str:
+    """``EXPIRATION_30_DAYS``, ``EXPIRATION_7_DAYS``, ``EXPIRATION_1_DAY``, …"""
+    return "EXPIRATION_1_DAY" if tier == 1 else f"EXPIRATION_{tier}_DAYS"
+
+
+def tier_due(days_left: int, tiers: Sequence[int]) -> int | None:
+    """The most urgent tier ``t`` with ``days_left <= t``; None if none is due.
+
+    ``days_left`` is the expiration date minus the run date (0 when the points
+    expire later today). A missed run therefore catches up with the tier due now,
+    never with a stale one, and never with two at once.
+    """
+    if days_left < 0:
+        return None
+    due = [t for t in tiers if days_left <= t]
+    return min(due) if due else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: Status
+    reason: str | None = None
+
+    @property
+    def send(self) -> bool:
+        return self.status is Status.PENDING
+
+
+SEND = Decision(Status.PENDING)
+
+
+def is_valid_email(address: str) -> bool:
+    """Syntax only: no DNS, so a decision never waits on the network."""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def decide(email: str | None, email_notifications: bool) -> Decision:
+    """What to do for one due key, in the seed's order of precedence."""
+    if not email_notifications:
+        return Decision(Status.SKIPPED, OPTED_OUT)
+    if email is None or not email.strip():
+        return Decision(Status.FAILED, MISSING_EMAIL)
+    if not is_valid_email(email.strip()):
+        return Decision(Status.FAILED, INVALID_FORMAT)
+    return SEND
