@@ -59,11 +59,20 @@ def _script() -> ScriptDirectory:
 
 @contextmanager
 def _alembic(engine: Engine) -> Iterator[Config]:
-    with engine.begin() as connection:
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds tables, which SQLite's foreign keys would block. The pragma
+            # only works outside a transaction, so it goes straight to the driver.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
         try:
-            yield _config(connection)
+            with connection.begin():
+                yield _config(connection)
         except CommandError as exc:
             raise MigrationError(str(exc)) from exc
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")  # type: ignore[union-attr]
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -10,10 +10,6 @@ config = context.config
 connection = config.attributes["connection"]
 sqlite = connection.dialect.name == "sqlite"
 
-if sqlite:
-    # Batch mode rebuilds tables; SQLite would otherwise enforce foreign keys mid-rebuild.
-    connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
-
 context.configure(
     connection=connection,
     target_metadata=Base.metadata,
@@ -22,9 +18,5 @@ context.configure(
     compare_type=True,
 )
 
-try:
-    with context.begin_transaction():
-        context.run_migrations()
-finally:
-    if sqlite:
-        connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,100 @@
+"""Tier choice and per-key decisions, table-driven."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rewards.notifications.planner import due_days
+from rewards.notifications.tiers import Decision, Status, decide, notification_type, tier_due
+
+DEFAULT = (30, 7, 1)
+CUSTOM = (60, 14, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("days_left", "tiers", "expected"),
+    [
+        (31, DEFAULT, None),  # too early for any reminder
+        (30, DEFAULT, 30),
+        (29, DEFAULT, 30),  # a missed day-30 run still catches up with the 30-day tier
+        (8, DEFAULT, 30),
+        (7, DEFAULT, 7),
+        (5, DEFAULT, 7),  # missed the 7-day run: the 7-day tier, never the stale 30-day one
+        (2, DEFAULT, 7),
+        (1, DEFAULT, 1),
+        (0, DEFAULT, 1),  # expiring later today: the most urgent tier
+        (-1, DEFAULT, None),  # already expired
+        (61, CUSTOM, None),
+        (60, CUSTOM, 60),
+        (15, CUSTOM, 60),
+        (14, CUSTOM, 14),
+        (4, CUSTOM, 14),
+        (3, CUSTOM, 3),
+        (2, CUSTOM, 3),
+        (1, CUSTOM, 1),
+    ],
+)
+def test_the_most_urgent_tier_that_covers_the_days_left_is_due(
+    days_left: int, tiers: tuple[int, ...], expected: int | None
+) -> None:
+    assert tier_due(days_left, tiers) == expected
+
+
+@pytest.mark.parametrize(
+    ("tier", "name"),
+    [(30, "EXPIRATION_30_DAYS"), (7, "EXPIRATION_7_DAYS"), (1, "EXPIRATION_1_DAY"), (60, "EXPIRATION_60_DAYS")],
+)
+def test_notification_types_keep_the_seed_names(tier: int, name: str) -> None:
+    assert notification_type(tier) == name
+
+
+@pytest.mark.parametrize(
+    ("email", "opted_in", "expected"),
+    [
+        ("ann@example.com", True, Decision(Status.PENDING)),
+        ("ann@example.com", False, Decision(Status.SKIPPED, "user opted out")),
+        (None, False, Decision(Status.SKIPPED, "user opted out")),  # opt-out wins
+        (None, True, Decision(Status.FAILED, "missing email")),
+        ("   ", True, Decision(Status.FAILED, "missing email")),
+        ("not-an-email", True, Decision(Status.FAILED, "invalid format")),
+        ("bob@@example.com", True, Decision(Status.FAILED, "invalid format")),
+        ("a b@example.com", True, Decision(Status.FAILED, "invalid format")),
+        ("jane@", True, Decision(Status.FAILED, "invalid format")),
+        (" padded@example.com ", True, Decision(Status.PENDING)),
+    ],
+)
+def test_decisions_follow_the_seed_reasons(
+    email: str | None, opted_in: bool, expected: Decision
+) -> None:
+    assert decide(email, opted_in) == expected
+
+
+def test_due_days_cover_the_run_date_to_the_largest_tier() -> None:
+    as_of = datetime(2030, 3, 1, 9, 0)
+    days = due_days(as_of, ZoneInfo("UTC"), DEFAULT)
+    assert [d.days_left for d in days] == list(range(31))
+    assert days[0].day == date(2030, 3, 1)
+    assert days[0].starts == as_of  # only what expires after the run
+    assert days[0].ends == datetime(2030, 3, 2)
+    assert {d.notification_type for d in days[8:]} == {"EXPIRATION_30_DAYS"}
+    assert {d.notification_type for d in days[2:8]} == {"EXPIRATION_7_DAYS"}
+    assert {d.notification_type for d in days[:2]} == {"EXPIRATION_1_DAY"}
+
+
+def test_due_days_follow_the_programme_time_zone_and_daylight_saving() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    as_of = datetime(2030, 3, 30, 8, 0)  # 09:00 in Paris, the day before clocks go forward
+    days = due_days(as_of, paris, DEFAULT)
+    assert days[0].day == date(2030, 3, 30)
+    assert days[1].starts == datetime(2030, 3, 30, 23, 0)  # Paris midnight, UTC+1
+    assert days[1].ends == datetime(2030, 3, 31, 22, 0)  # a 23-hour day; then UTC+2
+    assert days[2].starts == datetime(2030, 3, 31, 22, 0)
+
+
+def test_late_evening_utc_can_be_tomorrow_in_the_programme_zone() -> None:
+    tokyo = ZoneInfo("Asia/Tokyo")
+    as_of = datetime(2030, 5, 1, 16, 0)  # already 2 May, 01:00 in Tokyo
+    assert due_days(as_of, tokyo, DEFAULT)[0].day == date(2030, 5, 2)
