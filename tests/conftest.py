@@ -21,6 +21,8 @@ from rewards import migrate
 from rewards.db import create_db_engine, normalize_url
 from rewards.models import Base
 
+pytest_plugins = ["tests.smtp_server"]
+
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -62,7 +62,9 @@ class Programme:
             )
         return account_id
 
-    def earn(self, account_id: str, points: int, expires_at: datetime | None, at: datetime = EARNED) -> None:
+    def earn(
+        self, account_id: str, points: int, expires_at: datetime | None, at: datetime = EARNED
+    ) -> None:
         with self.engine.begin() as conn:
             service.earn(conn, account_id, points, as_of=at, expires_at=expires_at)
 
@@ -70,7 +72,9 @@ class Programme:
         with self.engine.begin() as conn:
             service.redeem(conn, account_id, points, as_of=at)
 
-    def member_with_points(self, points: int = 100, expires_at: datetime = EXPIRES, **kw: Any) -> str:
+    def member_with_points(
+        self, points: int = 100, expires_at: datetime = EXPIRES, **kw: Any
+    ) -> str:
         user_id = self.member(**kw)
         self.earn(self.account(user_id), points, expires_at)
         return user_id
@@ -123,7 +127,7 @@ def logs(engine: Engine) -> list[tuple[str, str, date, str, int, str | None]]:
 def text_part(message: EmailMessage) -> str:
     body = message.get_body(("plain",))
     assert body is not None
-    return str(body.get_content())  # type: ignore[attr-defined]
+    return str(body.get_content())
 
 
 # -- tiers across dates ------------------------------------------------------------------
@@ -163,7 +167,9 @@ def test_a_missed_run_catches_up_with_the_tier_due_now_only(
 def test_points_expiring_later_the_same_day_get_the_most_urgent_tier(
     programme: Programme, run: Callable[..., JobSummary]
 ) -> None:
-    programme.member_with_points(100, expires_at=datetime.combine(D, datetime.min.time()) + timedelta(hours=20))
+    programme.member_with_points(
+        100, expires_at=datetime.combine(D, datetime.min.time()) + timedelta(hours=20)
+    )
     summary = run(D)  # the run is at 09:00; the points go at 20:00
     assert summary.counts_by_type() == {"EXPIRATION_1_DAY": {"SENT": 1}}
 
@@ -226,7 +232,9 @@ def test_points_already_expired_are_posted_and_not_counted(
     assert [p for *_, p, _ in logs(engine)] == [100]
     with engine.connect() as conn:
         expire = conn.execute(
-            select(PointLedger.debit, PointLedger.expiresAt).where(PointLedger.entryType == "EXPIRE")
+            select(PointLedger.debit, PointLedger.expiresAt).where(
+                PointLedger.entryType == "EXPIRE"
+            )
         ).all()
     assert expire == [(50, datetime(2030, 1, 20))]
     assert run(D - timedelta(days=6)).expired_points == 0  # posted once
@@ -381,7 +389,9 @@ def test_every_run_is_recorded(
         record = conn.execute(select(NotificationJobRun.__table__)).one()
     assert record.id == summary.run_id
     assert record.status == "SUCCEEDED"
-    assert record.asOf == datetime.combine(D - timedelta(days=7), datetime.min.time()) + timedelta(hours=9)
+    assert record.asOf == datetime.combine(D - timedelta(days=7), datetime.min.time()) + timedelta(
+        hours=9
+    )
     assert (record.planned, record.sent) == (1, 1)
     assert record.countsByType == {"EXPIRATION_7_DAYS": {"SENT": 1}}
     assert record.finishedAt is not None

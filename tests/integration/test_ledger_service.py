@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
 from rewards.ids import new_id
 from rewards.ledger import service
@@ -115,13 +116,20 @@ def test_an_expiry_in_the_past_is_refused(engine: Engine, account: str) -> None:
         service.earn(conn, account, 5, as_of=T0, expires_at=T0 - timedelta(seconds=1))
 
 
-@pytest.mark.parametrize("operation", ["earn", "redeem", "balance"])
-def test_unknown_accounts_are_reported(engine: Engine, operation: str) -> None:
-    with pytest.raises(UnknownAccount), engine.begin() as conn:
-        if operation == "balance":
-            service.balance(conn, "nope", T0)
-        else:
-            getattr(service, operation)(conn, "nope", 5, as_of=T0)
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda conn: service.earn(conn, "nope", 5, as_of=T0),
+        lambda conn: service.redeem(conn, "nope", 5, as_of=T0),
+        lambda conn: service.balance(conn, "nope", T0),
+    ],
+    ids=["earn", "redeem", "balance"],
+)
+def test_unknown_accounts_are_reported(
+    engine: Engine, operation: Callable[[Connection], object]
+) -> None:
+    with engine.begin() as conn, pytest.raises(UnknownAccount):
+        operation(conn)
 
 
 def test_balance_counts_unposted_expiries_as_gone(engine: Engine, account: str) -> None:
@@ -182,4 +190,4 @@ def test_ledger_matches_the_step_by_step_simulation(engine: Engine, history: lis
                 PointLedger.accountId == account_id, PointLedger.entryType == "EXPIRE"
             )
         ).all()
-    assert dict(posted) == ref.expirations  # type: ignore[arg-type]
+    assert dict(posted) == ref.expirations

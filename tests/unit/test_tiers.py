@@ -45,7 +45,12 @@ def test_the_most_urgent_tier_that_covers_the_days_left_is_due(
 
 @pytest.mark.parametrize(
     ("tier", "name"),
-    [(30, "EXPIRATION_30_DAYS"), (7, "EXPIRATION_7_DAYS"), (1, "EXPIRATION_1_DAY"), (60, "EXPIRATION_60_DAYS")],
+    [
+        (30, "EXPIRATION_30_DAYS"),
+        (7, "EXPIRATION_7_DAYS"),
+        (1, "EXPIRATION_1_DAY"),
+        (60, "EXPIRATION_60_DAYS"),
+    ],
 )
 def test_notification_types_keep_the_seed_names(tier: int, name: str) -> None:
     assert notification_type(tier) == name

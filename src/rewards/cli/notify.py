@@ -16,8 +16,9 @@ from rewards.notifications.job import CheckExpiringPointsJob, JobSummary
 from rewards.notifications.locking import JobAlreadyRunning
 from rewards.notifications.stats import notification_stats
 
-app = typer.Typer(help="Expiry reminders: run the job, see what was sent and why not.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Expiry reminders: run the job, see what was sent and why not.", no_args_is_help=True
+)
 
 STATUSES = ("SENT", "FAILED", "SKIPPED")
 
@@ -56,7 +57,9 @@ def run(
             help="Run as if it were this date's scheduled time (YYYY-MM-DD).",
         ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preview; write and send nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Preview; write and send nothing.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Post due expirations and send the reminders that are due."""
@@ -95,18 +98,31 @@ def stats(
         return
     table = Table("tier", *(s.lower() for s in ("PENDING", *STATUSES)), title="Reminders")
     for notification_type, counts in result.by_type_and_status.items():
-        table.add_row(
-            notification_type, *(f"{counts.get(s, 0):,}" for s in ("PENDING", *STATUSES))
-        )
+        table.add_row(notification_type, *(f"{counts.get(s, 0):,}" for s in ("PENDING", *STATUSES)))
     out.print(table)
     if result.failures_by_reason:
         reasons = Table("failure reason", "count", title="Why reminders failed")
         for reason, count in result.failures_by_reason.items():
             reasons.add_row(reason, f"{count:,}")
         out.print(reasons)
-    runs = Table("started (UTC)", "as of", "status", "sent", "failed", "skipped", "expired pts",
-                 title="Recent runs")
+    runs = Table(
+        "started (UTC)",
+        "as of",
+        "status",
+        "sent",
+        "failed",
+        "skipped",
+        "expired pts",
+        title="Recent runs",
+    )
     for r in result.recent_runs:
-        runs.add_row(r["startedAt"], r["asOf"], r["status"], str(r["sent"]), str(r["failed"]),
-                     str(r["skipped"]), f"{r['expiredPoints']:,}")
+        runs.add_row(
+            r["startedAt"],
+            r["asOf"],
+            r["status"],
+            str(r["sent"]),
+            str(r["failed"]),
+            str(r["skipped"]),
+            f"{r['expiredPoints']:,}",
+        )
     out.print(runs)

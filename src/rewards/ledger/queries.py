@@ -28,6 +28,7 @@ from sqlalchemy import (
     FromClause,
     Integer,
     Select,
+    Table,
     and_,
     case,
     cast,
@@ -41,8 +42,8 @@ from sqlalchemy.sql.elements import literal_column
 
 from rewards.models import Account, PointLedger, Timestamp
 
-L = PointLedger.__table__
-A = Account.__table__
+L: Table = PointLedger.__table__  # type: ignore[assignment]
+A: Table = Account.__table__  # type: ignore[assignment]
 
 EXPIRE_DESCRIPTION = "Points expired"
 
@@ -78,7 +79,7 @@ def live_remainders(
 
     Columns: ``id``, ``accountId``, ``expiresAt``, ``credit``, ``remaining``.
     """
-    alive = (L.c.expiresAt > _ts(as_of)) | L.c.expiresAt.is_(None)
+    alive: ColumnElement[bool] = (L.c.expiresAt > _ts(as_of)) | L.c.expiresAt.is_(None)
     if until is not None:
         alive = and_(L.c.expiresAt > _ts(as_of), L.c.expiresAt <= _ts(until))
     running = func.sum(L.c.credit).over(

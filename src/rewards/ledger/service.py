@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from rewards.clock import local_date, utc_naive
@@ -32,8 +32,8 @@ from rewards.ledger.queries import (
 from rewards.ledger.rules import MAX_POINTS
 from rewards.models import Account, PointLedger
 
-L = PointLedger.__table__
-A = Account.__table__
+L: Table = PointLedger.__table__  # type: ignore[assignment]
+A: Table = Account.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rewards.clock import local_date, utc_naive, utcnow
@@ -41,9 +41,9 @@ from rewards.notifications.tiers import INVALID_FORMAT, Decision, Status, decide
 
 log = logging.getLogger("rewards.notifications.job")
 
-N = NotificationLog.__table__
-U = User.__table__
-R = NotificationJobRun.__table__
+N: Table = NotificationLog.__table__  # type: ignore[assignment]
+U: Table = User.__table__  # type: ignore[assignment]
+R: Table = NotificationJobRun.__table__  # type: ignore[assignment]
 
 EXPIRED_BEFORE_DELIVERY = "points expired before the reminder could be sent"
 
@@ -373,9 +373,7 @@ class CheckExpiringPointsJob:
         with self.engine.connect() as conn:
             trans = conn.begin()
             try:
-                summary.expired_entries, summary.expired_points = post_due_expirations(
-                    conn, as_of
-                )
+                summary.expired_entries, summary.expired_points = post_due_expirations(conn, as_of)
             finally:
                 trans.rollback()
             for batch in self._plan(conn, as_of):
@@ -424,14 +422,13 @@ class CheckExpiringPointsJob:
                     )
                 )
         except Exception:  # the database may be what failed; the run's error is already logged
-            log.exception("[CheckExpiringPointsJob] could not record the end of run %s", summary.run_id)
+            log.exception(
+                "[CheckExpiringPointsJob] could not record the end of run %s", summary.run_id
+            )
 
     def _last_success_as_of(self, conn: Connection) -> datetime | None:
         return conn.execute(
-            select(R.c.asOf)
-            .where(R.c.status == "SUCCEEDED")
-            .order_by(R.c.asOf.desc())
-            .limit(1)
+            select(R.c.asOf).where(R.c.status == "SUCCEEDED").order_by(R.c.asOf.desc()).limit(1)
         ).scalar_one_or_none()
 
 

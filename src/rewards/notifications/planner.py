@@ -23,6 +23,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    Table,
     and_,
     cast,
     exists,
@@ -37,10 +38,10 @@ from rewards.ledger.queries import live_remainders
 from rewards.models import Account, NotificationLog, PointLedger, Timestamp, User
 from rewards.notifications.tiers import LIVE_STATUSES, Status, notification_type, tier_due
 
-L = PointLedger.__table__
-N = NotificationLog.__table__
-U = User.__table__
-A = Account.__table__
+L: Table = PointLedger.__table__  # type: ignore[assignment]
+N: Table = NotificationLog.__table__  # type: ignore[assignment]
+U: Table = User.__table__  # type: ignore[assignment]
+A: Table = Account.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

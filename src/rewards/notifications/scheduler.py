@@ -29,7 +29,9 @@ JOB_ID = "CheckExpiringPointsJob"
 MISFIRE_GRACE_SECONDS = 6 * 3600
 
 
-def run_scheduled(engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+def run_scheduled(
+    engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow
+) -> None:
     """One scheduled run, as of today's scheduled time; a concurrent run elsewhere is fine."""
     today = local_date(clock(), settings.zone)
     try:

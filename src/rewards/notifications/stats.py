@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Table, func, select
 
 from rewards.models import NotificationJobRun, NotificationLog
 
-N = NotificationLog.__table__
-R = NotificationJobRun.__table__
+N: Table = NotificationLog.__table__  # type: ignore[assignment]
+R: Table = NotificationJobRun.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def recent_runs(conn: Connection, limit: int = 10) -> list[dict[str, Any]]:
 
 def notification_stats(conn: Connection, *, runs: int = 10) -> Stats:
     """The runbook's ``GROUP BY status`` query, by tier too, plus why reminders failed."""
-    by_status = dict(
+    by_status: dict[str, int] = dict(
         conn.execute(select(N.c.status, func.count()).group_by(N.c.status)).tuples().all()
     )
     by_type: dict[str, dict[str, int]] = {}
@@ -70,7 +70,7 @@ def notification_stats(conn: Connection, *, runs: int = 10) -> Stats:
         )
     ):
         by_type.setdefault(notification_type, {})[status] = count
-    reasons = dict(
+    reasons: dict[str | None, int] = dict(
         conn.execute(
             select(N.c.failureReason, func.count())
             .where(N.c.status == "FAILED")

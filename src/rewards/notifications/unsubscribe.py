@@ -9,9 +9,10 @@ work forever. Pure functions: no I/O, no database.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import quote
 
-from itsdangerous import BadData, URLSafeTimedSerializer
+from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
 SALT = "unsubscribe"
 DEFAULT_MAX_AGE_SECONDS = 400 * 24 * 60 * 60
@@ -22,24 +23,41 @@ class InvalidUnsubscribeToken(Exception):
     """The token was forged, altered, expired or is not a token at all."""
 
 
-def _serializer(secret: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret, salt=SALT)
+def _serializer(secret: str, now: datetime | None) -> URLSafeTimedSerializer:
+    """A serializer whose clock is ``now`` (a naive value is UTC), or the real clock."""
+    if now is None:
+        return URLSafeTimedSerializer(secret, salt=SALT)
+    stamp = int((now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp())
+
+    class _SignerAt(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return stamp
+
+    return URLSafeTimedSerializer(secret, salt=SALT, signer=_SignerAt)
 
 
-def make_token(secret: str, user_id: str) -> str:
-    """A URL-safe token that names ``user_id`` and was signed with ``secret`` now."""
-    return _serializer(secret).dumps(user_id)
+def make_token(secret: str, user_id: str, *, now: datetime | None = None) -> str:
+    """A URL-safe token that names ``user_id``, signed with ``secret`` and dated ``now``.
+
+    ``now`` defaults to the real clock; passing it makes the token reproducible.
+    """
+    return _serializer(secret, now).dumps(user_id)
 
 
 def read_token(
-    secret: str, token: str, max_age_seconds: int | None = DEFAULT_MAX_AGE_SECONDS
+    secret: str,
+    token: str,
+    max_age_seconds: int | None = DEFAULT_MAX_AGE_SECONDS,
+    *,
+    now: datetime | None = None,
 ) -> str:
     """The user id a token was made for, or :class:`InvalidUnsubscribeToken`.
 
-    ``max_age_seconds=None`` accepts a token of any age.
+    ``max_age_seconds=None`` accepts a token of any age; ``now`` (default: the real
+    clock) is the moment its age is measured at.
     """
     try:
-        user_id = _serializer(secret).loads(token, max_age=max_age_seconds)
+        user_id = _serializer(secret, now).loads(token, max_age=max_age_seconds)
     except BadData as exc:
         raise InvalidUnsubscribeToken(str(exc)) from exc
     if not isinstance(user_id, str) or not user_id:

@@ -1,0 +1,44 @@
+"""Console backend: prints a short summary of each message, for trying things out by hand."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from email.message import EmailMessage
+from typing import TextIO
+
+from rewards.notifications.delivery.base import Outcome
+
+
+def summarize(message: EmailMessage) -> str:
+    """To, Subject, Message-ID and the plain-text part, as a few readable lines."""
+    body = message.get_body(preferencelist=("plain",))
+    text = body.get_content() if isinstance(body, EmailMessage) else ""
+    return (
+        f"To: {message['To']}\n"
+        f"Subject: {message['Subject']}\n"
+        f"Message-ID: {message['Message-ID']}\n"
+        "\n"
+        f"{text.rstrip()}\n"
+        f"{'-' * 72}\n"
+    )
+
+
+class ConsoleSender:
+    """Writes every message to ``stream`` (default: standard output at the time of sending)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    async def __aenter__(self) -> ConsoleSender:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send_many(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+        stream = self._stream or sys.stdout
+        for message in messages:
+            stream.write(summarize(message))
+        stream.flush()
+        return [Outcome(delivered=True) for _ in messages]

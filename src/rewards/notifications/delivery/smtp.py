@@ -1,0 +1,216 @@
+"""SMTP backend: a small pool of persistent connections, retries for what may pass.
+
+Within one ``async with`` block (one job run) up to ``smtp_concurrency``
+connections are opened on first use and reused for every message, so a run of
+thousands of reminders does not pay a TCP + TLS + AUTH handshake per email.
+
+Each failure is classified once (:func:`classify`):
+
+- *transient* — a 4xx reply, a refused, dropped or timed-out connection: retried
+  with exponential backoff up to ``smtp_retries`` times, on a fresh connection
+  when the old one is gone;
+- *permanent* — a 5xx reply (a mailbox that does not exist, a refused login, a
+  server that cannot take the message): reported at once, retrying would not help.
+
+Either way the outcome says what the server said (``"550 5.1.1 mailbox
+unavailable"``), or what went wrong on the way (``"connection refused: ..."``),
+and ``send_many`` never raises for one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from email.message import EmailMessage
+
+import aiosmtplib
+from aiosmtplib.email import extract_recipients
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from rewards.config import Settings, SmtpSecurity
+from rewards.notifications.delivery.base import Outcome
+
+log = logging.getLogger(__name__)
+
+
+class Failure(Exception):
+    """One classified delivery failure; ``detail`` goes to ``NotificationLog.failureReason``."""
+
+    def __init__(self, detail: str, *, transient: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.transient = transient
+
+
+def _refusal(code: int, text: str) -> Failure:
+    """A server's reply as a failure: ``"451 4.3.0 try again later"``; 4xx may pass."""
+    return Failure(f"{code} {' '.join(text.split())}".strip(), transient=400 <= code < 500)
+
+
+def classify(exc: BaseException) -> Failure:
+    """Name a failure and say whether trying again later might work."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        if not exc.recipients:
+            return Failure("all recipients refused", transient=False)
+        worst = max(exc.recipients, key=lambda r: r.code)
+        return _refusal(worst.code, worst.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _refusal(exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return Failure(f"timed out: {exc}" if str(exc) else "timed out", transient=True)
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        refused = isinstance(exc.__cause__, ConnectionRefusedError)
+        prefix = "connection refused" if refused else "cannot connect"
+        return Failure(f"{prefix}: {exc}", transient=True)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return Failure(f"connection lost: {exc}", transient=True)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return Failure(f"not supported by the server: {exc}", transient=False)
+    if isinstance(exc, OSError):
+        return Failure(f"network error: {exc}", transient=True)
+    if isinstance(exc, ValueError):  # e.g. no usable recipient address in the message
+        return Failure(f"unsendable message: {exc}", transient=False)
+    return Failure(f"{type(exc).__name__}: {exc}", transient=False)
+
+
+class SmtpSender:
+    """Delivers over SMTP through a pool of persistent connections.
+
+    ``backoff_initial`` and ``backoff_max`` (seconds) shape the wait between
+    retries: ``initial, 2 * initial, 4 * initial, ...`` capped at ``max``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._pool: asyncio.LifoQueue[aiosmtplib.SMTP] | None = None
+        self._clients: list[aiosmtplib.SMTP] = []
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        password = s.smtp_password.get_secret_value() if s.smtp_password else None
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            username=s.smtp_user or None,
+            password=password if s.smtp_user else None,
+            timeout=s.smtp_timeout,
+            use_tls=s.smtp_security is SmtpSecurity.TLS,
+            start_tls=s.smtp_security is SmtpSecurity.STARTTLS,
+        )
+
+    async def __aenter__(self) -> SmtpSender:
+        # A LIFO pool hands out the most recently used client first, so a small
+        # batch keeps reusing one open connection instead of opening others.
+        self._clients = [self._client() for _ in range(self._settings.smtp_concurrency)]
+        self._pool = asyncio.LifoQueue()
+        for client in reversed(self._clients):
+            self._pool.put_nowait(client)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(self._close(c) for c in self._clients))
+        self._clients = []
+        self._pool = None
+
+    async def _close(self, client: aiosmtplib.SMTP) -> None:
+        if not client.is_connected:
+            return
+        try:
+            await asyncio.wait_for(client.quit(), timeout=self._settings.smtp_timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            client.close()
+
+    def _require_open(self) -> None:
+        if self._pool is None:
+            raise RuntimeError("use the SMTP sender as 'async with sender:' around sending")
+
+    @contextlib.asynccontextmanager
+    async def _lease(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        """A client from the pool, connected or not; one that failed mid-way is closed."""
+        assert self._pool is not None, "checked by send()"
+        client = await self._pool.get()
+        try:
+            yield client
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+            raise  # a refusal leaves the session usable (the client sent RSET)
+        except BaseException:
+            client.close()  # timed out or dropped: the session state is unknown
+            raise
+        finally:
+            self._pool.put_nowait(client)
+
+    async def send_many(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+        self._require_open()
+        return list(await asyncio.gather(*(self.send(m) for m in messages)))
+
+    async def send(self, message: EmailMessage) -> Outcome:
+        """Deliver one message, retrying transient failures; never raises for a failure.
+
+        ``Outcome.seconds`` counts from the first attempt (not the wait for a free
+        connection) to the end, backoff included.
+        """
+        self._require_open()
+        started: float | None = None
+        pending = extract_recipients(message)
+
+        async def attempt() -> None:
+            nonlocal started, pending
+            try:
+                async with self._lease() as client:
+                    if started is None:
+                        started = time.perf_counter()
+                    if not client.is_connected:
+                        await client.connect()
+                    refused, _ = await client.send_message(message, recipients=pending)
+            except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+                raise classify(exc) from exc
+            if refused:
+                # Accepted for some recipients: retry only the others, never re-send to all.
+                pending = list(refused)
+                worst = max(refused.values(), key=lambda r: r.code)
+                raise _refusal(worst.code, worst.message)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + self._settings.smtp_retries),
+            wait=wait_exponential(multiplier=self._backoff_initial, max=self._backoff_max),
+            retry=retry_if_exception(lambda exc: isinstance(exc, Failure) and exc.transient),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            await retrying(attempt)
+        except Failure as failure:
+            return Outcome(False, failure.detail, _since(started))
+        except Exception as exc:  # a bug, not a delivery problem: log it, report it, go on
+            log.exception("unexpected error sending %s", message.get("Message-ID"))
+            return Outcome(False, f"{type(exc).__name__}: {exc}", _since(started))
+        return Outcome(True, None, _since(started))
+
+
+def _since(started: float | None) -> float:
+    return 0.0 if started is None else time.perf_counter() - started
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    sleep = state.next_action.sleep if state.next_action else 0.0
+    log.info("SMTP attempt %d failed (%s); retrying in %.2fs", state.attempt_number, exc, sleep)
