@@ -89,6 +89,21 @@ def describe_db_error(engine: Engine, exc: BaseException) -> str:
     return f"database unavailable ({where}): {text}"
 
 
+BATCH_WORK_MEM = "64MB"
+
+
+def tune_for_batch(conn: Connection) -> None:
+    """Session settings for the job's few large set-based statements (PostgreSQL only).
+
+    More sort/hash memory keeps window sorts and hash joins in RAM, and JIT
+    compilation costs more than it saves on statements that run once a day.
+    Applies to the current transaction only.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
+        conn.exec_driver_sql("SET LOCAL jit = off")
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

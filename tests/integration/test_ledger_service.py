@@ -94,16 +94,6 @@ def test_expiry_is_idempotent_and_one_entry_per_account_and_instant(
         assert service.balance(conn, account, T0 + timedelta(days=4)) == 10
 
 
-def test_expiry_window_since_limits_the_accounts_considered(engine: Engine, account: str) -> None:
-    with engine.begin() as conn:
-        service.earn(conn, account, 5, as_of=T0, expires_at=T0 + timedelta(days=1))
-        assert post_due_expirations(conn, T0 + timedelta(days=5), since=T0 + timedelta(days=2)) == (
-            0,
-            0,
-        )
-        assert post_due_expirations(conn, T0 + timedelta(days=5), since=T0) == (1, 5)
-
-
 @pytest.mark.parametrize("points", [0, -1, 1_000_000_001, True])
 def test_out_of_range_points_are_refused(engine: Engine, account: str, points: int) -> None:
     with pytest.raises(InvalidEntry), engine.begin() as conn:

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import literal_column
 
+from rewards.db import tune_for_batch
 from rewards.models import Account, PointLedger, Timestamp
 
 L: Table = PointLedger.__table__  # type: ignore[assignment]
@@ -73,25 +74,31 @@ def account_totals(accounts: FromClause, as_of: datetime) -> Select[Any]:
 
 
 def live_remainders(
-    accounts: FromClause, as_of: datetime, until: datetime | None = None
+    accounts: FromClause | None, as_of: datetime, until: datetime | None = None
 ) -> Select[Any]:
     """Remainders of the credits alive at ``as_of`` (expiring by ``until``, if given).
 
+    With ``accounts`` None, every account with a credit in ``(as_of, until]`` — the
+    window then bounds the work, and only those accounts' totals are read.
     Columns: ``id``, ``accountId``, ``expiresAt``, ``credit``, ``remaining``.
     """
     alive: ColumnElement[bool] = (L.c.expiresAt > _ts(as_of)) | L.c.expiresAt.is_(None)
     if until is not None:
         alive = and_(L.c.expiresAt > _ts(as_of), L.c.expiresAt <= _ts(until))
+    elif accounts is None:
+        raise ValueError("an unbounded window needs a list of accounts")
     running = func.sum(L.c.credit).over(
         partition_by=L.c.accountId,
         order_by=(L.c.expiresAt.asc().nulls_last(), L.c.createdAt, L.c.id),
         rows=(None, 0),
     )
-    live = (
-        select(L.c.id, L.c.accountId, L.c.expiresAt, L.c.credit, running.label("running"))
-        .where(L.c.credit > 0, alive, L.c.accountId.in_(select(accounts.c.accountId)))
-        .cte("live")
-    )
+    live_rows = select(L.c.id, L.c.accountId, L.c.expiresAt, L.c.credit, running.label("running"))
+    live_rows = live_rows.where(L.c.credit > 0, alive)
+    if accounts is not None:
+        live_rows = live_rows.where(L.c.accountId.in_(select(accounts.c.accountId)))
+    live = live_rows.cte("live")
+    if accounts is None:
+        accounts = select(live.c.accountId).distinct().cte("live_accounts")
     totals = account_totals(accounts, as_of).cte("totals")
     spent_on_live = case(
         (totals.c.debits > totals.c.expired, totals.c.debits - totals.c.expired), else_=0
@@ -108,10 +115,6 @@ def live_remainders(
 def accounts_table(account_ids: Iterable[str]) -> FromClause:
     """A FROM clause listing the given account ids (as column ``accountId``)."""
     return select(A.c.id.label("accountId")).where(A.c.id.in_(list(account_ids))).subquery("accts")
-
-
-def all_accounts() -> FromClause:
-    return select(A.c.id.label("accountId")).subquery("accts")
 
 
 def available_balance(conn: Connection, account_id: str, as_of: datetime) -> int:
@@ -136,22 +139,23 @@ def post_due_expirations(
     as_of: datetime,
     *,
     account_ids: Iterable[str] | None = None,
-    since: datetime | None = None,
 ) -> tuple[int, int]:
     """Post one ``EXPIRE`` debit per account and expiry instant for what is left unspent.
 
-    Considers the given accounts, or every account with a credit expiring in
-    ``(since, as_of]``. Idempotent: a posted expiry raises the account's debits, so
+    Considers the given accounts, or every account with a credit expired by
+    ``as_of``. Idempotent: a posted expiry raises the account's debits, so
     the same remainder is never posted twice; a unique index settles races.
     Returns ``(entries posted, points expired)``.
     """
     if account_ids is not None:
         accounts = accounts_table(account_ids)
     else:
-        window = [L.c.credit > 0, L.c.expiresAt <= _ts(as_of)]
-        if since is not None:
-            window.append(L.c.expiresAt > _ts(since))
-        accounts = select(L.c.accountId).where(*window).distinct().subquery("accts")
+        accounts = (
+            select(L.c.accountId)
+            .where(L.c.credit > 0, L.c.expiresAt <= _ts(as_of))
+            .distinct()
+            .subquery("accts")
+        )
 
     running = func.sum(L.c.credit).over(
         partition_by=L.c.accountId,
@@ -186,6 +190,8 @@ def post_due_expirations(
         .subquery("due")
     )
     dialect = conn.dialect.name
+    if account_ids is None:
+        tune_for_batch(conn)
     rows = select(
         _new_id_sql(dialect),
         per_instant.c.accountId,

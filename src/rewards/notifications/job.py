@@ -202,10 +202,7 @@ class CheckExpiringPointsJob:
         # Never expire ahead of the real clock, even for an as-of later today.
         until = min(summary.as_of, self.clock())
         with self.engine.begin() as conn:
-            since = self._last_success_as_of(conn)
-            summary.expired_entries, summary.expired_points = post_due_expirations(
-                conn, until, since=since - timedelta(days=1) if since else None
-            )
+            summary.expired_entries, summary.expired_points = post_due_expirations(conn, until)
 
     def _send_due(self, summary: JobSummary, sender: Sender, loop: asyncio.Runner) -> None:
         """Plan on one connection (a stable snapshot), write and settle on another."""
@@ -425,11 +422,6 @@ class CheckExpiringPointsJob:
             log.exception(
                 "[CheckExpiringPointsJob] could not record the end of run %s", summary.run_id
             )
-
-    def _last_success_as_of(self, conn: Connection) -> datetime | None:
-        return conn.execute(
-            select(R.c.asOf).where(R.c.status == "SUCCEEDED").order_by(R.c.asOf.desc()).limit(1)
-        ).scalar_one_or_none()
 
 
 def describe_error(exc: BaseException) -> str:

@@ -20,7 +20,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    Date,
     Integer,
     Select,
     Table,
@@ -34,6 +36,7 @@ from sqlalchemy import (
 )
 
 from rewards.clock import local_date, local_midnight_utc
+from rewards.db import tune_for_batch
 from rewards.ledger.queries import live_remainders
 from rewards.models import Account, NotificationLog, PointLedger, Timestamp, User
 from rewards.notifications.tiers import LIVE_STATUSES, Status, notification_type, tier_due
@@ -97,6 +100,7 @@ def _days_table(days: Sequence[DueDay]) -> Any:
     rows = [
         select(
             literal(d.expiration_stamp, Timestamp).label("expirationDate"),
+            literal(d.day, Date).label("day"),
             literal(d.notification_type).label("notificationType"),
             literal(d.days_left).label("daysLeft"),
             literal(d.starts, Timestamp).label("starts"),
@@ -107,25 +111,30 @@ def _days_table(days: Sequence[DueDay]) -> Any:
     return union_all(*rows).cte("due_days")
 
 
+def _on_day(expires_at: Any, days: Any, zone: ZoneInfo, dialect: str) -> ColumnElement[bool]:
+    """Which due day an instant falls on.
+
+    PostgreSQL converts the instant to the programme's calendar date (an equality
+    the planner can hash); SQLite, which has no time zones, compares with the day's
+    UTC bounds.
+    """
+    if dialect == "postgresql":
+        local = func.timezone(zone.key, func.timezone("UTC", expires_at))
+        on_day: ColumnElement[bool] = cast(local, Date) == days.c.day
+        return on_day
+    return and_(expires_at >= days.c.starts, expires_at < days.c.ends)
+
+
 def net_expiring_per_member(
-    as_of: datetime, zone: ZoneInfo, tiers: Sequence[int]
-) -> tuple[Any, list[DueDay]]:
+    as_of: datetime, zone: ZoneInfo, tiers: Sequence[int], dialect: str
+) -> Any:
     """A CTE of (userId, expirationDate, notificationType, daysLeft, points) with points > 0."""
     days = due_days(as_of, zone, tiers)
     days_cte = _days_table(days)
-    window_end = days[-1].ends
-    due_accounts = (
-        select(L.c.accountId)
-        .where(L.c.credit > 0, L.c.expiresAt > literal(as_of, Timestamp))
-        .where(L.c.expiresAt < literal(window_end, Timestamp))
-        .distinct()
-        .cte("due_accounts")
-    )
-    remaining = live_remainders(
-        due_accounts, as_of, window_end - timedelta(milliseconds=1)
-    ).subquery("remaining")
+    until = days[-1].ends - timedelta(milliseconds=1)
+    remaining = live_remainders(None, as_of, until).subquery("remaining")
     points = cast(func.sum(remaining.c.remaining), Integer)
-    per_member = (
+    return (
         select(
             A.c.userId,
             days_cte.c.expirationDate,
@@ -135,13 +144,7 @@ def net_expiring_per_member(
         )
         .select_from(remaining)
         .join(A, A.c.id == remaining.c.accountId)
-        .join(
-            days_cte,
-            and_(
-                remaining.c.expiresAt >= days_cte.c.starts,
-                remaining.c.expiresAt < days_cte.c.ends,
-            ),
-        )
+        .join(days_cte, _on_day(remaining.c.expiresAt, days_cte, zone, dialect))
         .group_by(
             A.c.userId,
             days_cte.c.expirationDate,
@@ -151,14 +154,13 @@ def net_expiring_per_member(
         .having(func.sum(remaining.c.remaining) > 0)
         .cte("per_member")
     )
-    return per_member, days
 
 
 def plan_query(
-    as_of: datetime, zone: ZoneInfo, tiers: Sequence[int], max_attempts: int
+    as_of: datetime, zone: ZoneInfo, tiers: Sequence[int], max_attempts: int, dialect: str
 ) -> Select[Any]:
     """Due keys with the member's contact details, minus what ``NotificationLog`` settles."""
-    per_member, _ = net_expiring_per_member(as_of, zone, tiers)
+    per_member = net_expiring_per_member(as_of, zone, tiers, dialect)
     same_key = and_(
         N.c.userId == per_member.c.userId,
         N.c.notificationType == per_member.c.notificationType,
@@ -198,9 +200,9 @@ def plan_due_notifications(
     batch_size: int = 1000,
 ) -> Iterator[list[DueKey]]:
     """Stream the due keys in batches (memory stays bounded at any size)."""
-    result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-        plan_query(as_of, zone, tiers, max_attempts)
-    )
+    tune_for_batch(conn)
+    query = plan_query(as_of, zone, tiers, max_attempts, conn.dialect.name)
+    result = conn.execute(query.execution_options(stream_results=True, yield_per=batch_size))
     for partition in result.partitions():
         yield [
             DueKey(
