@@ -95,13 +95,16 @@ BATCH_WORK_MEM = "64MB"
 def tune_for_batch(conn: Connection) -> None:
     """Session settings for the job's few large set-based statements (PostgreSQL only).
 
-    More sort/hash memory keeps window sorts and hash joins in RAM, and JIT
-    compilation costs more than it saves on statements that run once a day.
-    Applies to the current transaction only.
+    More sort/hash memory keeps window sorts and hash joins in RAM; JIT
+    compilation costs more than it saves on statements that run once a day; and a
+    streamed (server-side cursor) result is read to the end, so it should be
+    planned for total time, not for its first rows. Applies to the current
+    transaction only.
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
         conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -142,20 +142,18 @@ def post_due_expirations(
 ) -> tuple[int, int]:
     """Post one ``EXPIRE`` debit per account and expiry instant for what is left unspent.
 
-    Considers the given accounts, or every account with a credit expired by
-    ``as_of``. Idempotent: a posted expiry raises the account's debits, so
-    the same remainder is never posted twice; a unique index settles races.
+    Considers the given accounts, or all of them. Only accounts whose expired
+    credits exceed their debits have anything to post (the prefix property), so
+    one aggregate pass finds them and the running sums cover those alone.
+    Idempotent: a posted expiry raises the account's debits, so the same
+    remainder is never posted twice; a unique index settles races.
     Returns ``(entries posted, points expired)``.
     """
+    expired_credit = case((and_(L.c.credit > 0, L.c.expiresAt <= _ts(as_of)), L.c.credit), else_=0)
+    totals = select(L.c.accountId, func.sum(L.c.debit).label("debits")).group_by(L.c.accountId)
     if account_ids is not None:
-        accounts = accounts_table(account_ids)
-    else:
-        accounts = (
-            select(L.c.accountId)
-            .where(L.c.credit > 0, L.c.expiresAt <= _ts(as_of))
-            .distinct()
-            .subquery("accts")
-        )
+        totals = totals.where(L.c.accountId.in_(list(account_ids)))
+    owing = totals.having(func.sum(expired_credit) > func.sum(L.c.debit)).cte("owing")
 
     running = func.sum(L.c.credit).over(
         partition_by=L.c.accountId,
@@ -167,24 +165,18 @@ def post_due_expirations(
         .where(
             L.c.credit > 0,
             L.c.expiresAt <= _ts(as_of),
-            L.c.accountId.in_(select(accounts.c.accountId)),
+            L.c.accountId.in_(select(owing.c.accountId)),
         )
         .cte("expired")
     )
-    debits = (
-        select(L.c.accountId, func.sum(L.c.debit).label("total"))
-        .where(L.c.debit > 0, L.c.accountId.in_(select(expired.c.accountId)))
-        .group_by(L.c.accountId)
-        .cte("debits")
-    )
-    left = clamp(expired.c.running - func.coalesce(debits.c.total, 0), expired.c.credit)
+    left = clamp(expired.c.running - owing.c.debits, expired.c.credit)
     per_instant = (
         select(
             expired.c.accountId,
             expired.c.expiresAt,
             cast(func.sum(left), Integer).label("points"),
         )
-        .select_from(expired.outerjoin(debits, expired.c.accountId == debits.c.accountId))
+        .select_from(expired.join(owing, expired.c.accountId == owing.c.accountId))
         .group_by(expired.c.accountId, expired.c.expiresAt)
         .having(func.sum(left) > 0)
         .subquery("due")
