@@ -119,6 +119,14 @@ class PointLedger(Base):
             postgresql_where=text("\"entryType\" = 'EXPIRE'"),
             sqlite_where=text("\"entryType\" = 'EXPIRE'"),
         ),
+        Index(
+            "PointLedger_accountId_idempotencyKey_key",
+            "accountId",
+            "idempotencyKey",
+            unique=True,
+            postgresql_where=text('"idempotencyKey" IS NOT NULL'),
+            sqlite_where=text('"idempotencyKey" IS NOT NULL'),
+        ),
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
@@ -135,6 +143,7 @@ class PointLedger(Base):
     description: Mapped[str | None] = mapped_column("description", Text)
     createdAt: Mapped[datetime] = mapped_column("createdAt", Timestamp, server_default=NOW)
     expiresAt: Mapped[datetime | None] = mapped_column("expiresAt", Timestamp)
+    idempotencyKey: Mapped[str | None] = mapped_column("idempotencyKey", Text)
 
 
 class NotificationLog(Base):

@@ -35,3 +35,11 @@ class InsufficientPoints(LedgerError):
 
 class DuplicateEntry(LedgerError):
     """An entry with this id already exists (a client-supplied id was reused)."""
+
+
+class IdempotencyConflict(LedgerError):
+    """An Idempotency-Key was reused for a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used for a different request")
+        self.key = key

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Table, insert, select, update
@@ -19,6 +20,7 @@ from rewards.clock import local_date, utc_naive
 from rewards.ids import new_id
 from rewards.ledger.errors import (
     DuplicateEntry,
+    IdempotencyConflict,
     InsufficientPoints,
     InvalidEntry,
     UnknownAccount,
@@ -46,6 +48,8 @@ class Entry:
     description: str | None
     created_at: datetime
     expires_at: datetime | None
+    replayed: bool = False
+    """True when an Idempotency-Key matched an earlier entry, which is returned instead."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,7 @@ def lock_account(conn: Connection, account_id: str) -> None:
         raise UnknownAccount(account_id)
 
 
-def _insert_entry(conn: Connection, values: dict[str, object]) -> Entry:
-    try:
-        row = conn.execute(insert(L).values(**values).returning(*L.c)).one()
-    except IntegrityError as exc:
-        if "accountId_fkey" in str(exc.orig) or "FOREIGN KEY" in str(exc.orig):
-            raise UnknownAccount(str(values["accountId"])) from exc
-        raise DuplicateEntry(f"ledger entry {values['id']!r} already exists") from exc
+def _entry(row: Any, *, replayed: bool = False) -> Entry:
     return Entry(
         id=row.id,
         account_id=row.accountId,
@@ -96,7 +94,38 @@ def _insert_entry(conn: Connection, values: dict[str, object]) -> Entry:
         description=row.description,
         created_at=row.createdAt,
         expires_at=row.expiresAt,
+        replayed=replayed,
     )
+
+
+def _insert_entry(conn: Connection, values: dict[str, object]) -> Entry:
+    try:
+        row = conn.execute(insert(L).values(**values).returning(*L.c)).one()
+    except IntegrityError as exc:
+        if "accountId_fkey" in str(exc.orig) or "FOREIGN KEY" in str(exc.orig):
+            raise UnknownAccount(str(values["accountId"])) from exc
+        raise DuplicateEntry(f"ledger entry {values['id']!r} already exists") from exc
+    return _entry(row)
+
+
+def _replay(
+    conn: Connection, account_id: str, key: str | None, entry_type: str, points: int
+) -> Entry | None:
+    """The entry an earlier request with this Idempotency-Key posted, if any.
+
+    Called with the account locked, so a concurrent request with the same key
+    waits for the first and then finds its entry.
+    """
+    if key is None:
+        return None
+    row = conn.execute(
+        select(*L.c).where(L.c.accountId == account_id, L.c.idempotencyKey == key)
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.entryType != entry_type or (row.credit or row.debit) != points:
+        raise IdempotencyConflict(key)
+    return _entry(row, replayed=True)
 
 
 def earn(
@@ -108,6 +137,7 @@ def earn(
     expires_at: datetime | None = None,
     description: str | None = None,
     entry_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Entry:
     """Credit ``points``; they expire at ``expires_at`` (never, if None), which must be ahead."""
     validate_points(points)
@@ -117,10 +147,13 @@ def earn(
         if expires_at <= as_of:
             raise InvalidEntry("expiresAt must be in the future")
     lock_account(conn, account_id)
+    if (earlier := _replay(conn, account_id, idempotency_key, "EARN", points)) is not None:
+        return earlier
     return _insert_entry(
         conn,
         {
             "id": entry_id or new_id(),
+            "idempotencyKey": idempotency_key,
             "accountId": account_id,
             "entryType": "EARN",
             "credit": points,
@@ -139,6 +172,7 @@ def redeem(
     as_of: datetime,
     description: str | None = None,
     entry_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Entry:
     """Spend ``points``, earliest-expiring first; all or nothing.
 
@@ -149,6 +183,8 @@ def redeem(
     validate_points(points)
     as_of = utc_naive(as_of)
     lock_account(conn, account_id)
+    if (earlier := _replay(conn, account_id, idempotency_key, "REDEEM", points)) is not None:
+        return earlier
     post_due_expirations(conn, as_of, account_ids=[account_id])
     balance = available_balance(conn, account_id, as_of)
     if balance < points:
@@ -157,6 +193,7 @@ def redeem(
         conn,
         {
             "id": entry_id or new_id(),
+            "idempotencyKey": idempotency_key,
             "accountId": account_id,
             "entryType": "REDEEM",
             "debit": points,

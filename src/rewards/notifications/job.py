@@ -30,6 +30,7 @@ from rewards.clock import local_date, utc_naive, utcnow
 from rewards.config import Settings
 from rewards.ids import new_id
 from rewards.ledger.queries import post_due_expirations
+from rewards.metrics import observe_send
 from rewards.models import LIVE_STATUS_SQL, NotificationJobRun, NotificationLog, User
 from rewards.notifications.delivery import create_sender
 from rewards.notifications.delivery.base import Outcome, Sender
@@ -269,6 +270,9 @@ class CheckExpiringPointsJob:
             except InvalidRecipient:
                 settled.append((row, Outcome(False, INVALID_FORMAT)))
         outcomes = loop.run(sender.send_many(messages)) if messages else []
+        for outcome in outcomes:
+            if outcome.delivered:
+                observe_send(outcome.seconds)
         settled.extend(zip(sendable, outcomes, strict=True))
         self._settle(summary, settled)
 

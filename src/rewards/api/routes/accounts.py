@@ -1,0 +1,133 @@
+"""Accounts: read, earn, redeem, balance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from rewards.api.deps import Client, ReadConn, SettingsDep, Tx
+from rewards.api.routes.members import account_out
+from rewards.api.schemas import (
+    AccountOut,
+    BalanceOut,
+    EarnRequest,
+    EntryOut,
+    ExpiringOut,
+    RedeemRequest,
+)
+from rewards.clock import utcnow
+from rewards.ledger import service as ledger
+from rewards.members import service as members
+
+router = APIRouter(prefix="/accounts", tags=["ledger"], dependencies=[Client])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Replaying a request with the same key returns the first result.",
+    ),
+]
+
+
+def entry_out(entry: ledger.Entry) -> EntryOut:
+    return EntryOut(
+        id=entry.id,
+        accountId=entry.account_id,
+        entryType=entry.entry_type,
+        credit=entry.credit,
+        debit=entry.debit,
+        description=entry.description,
+        createdAt=entry.created_at,
+        expiresAt=entry.expires_at,
+    )
+
+
+def _respond(entry: ledger.Entry, response: Response) -> EntryOut:
+    if entry.replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return entry_out(entry)
+
+
+@router.get("/{accountId}", response_model=AccountOut)
+def get_account(accountId: str, conn: ReadConn) -> AccountOut:
+    return account_out(members.get_account(conn, accountId))
+
+
+@router.post(
+    "/{accountId}/earn",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EntryOut,
+    responses={200: {"description": "A replay of an earlier request with the same key"}},
+)
+def earn(
+    accountId: str,
+    body: EarnRequest,
+    conn: Tx,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> EntryOut:
+    """Credit points; with ``expiresAt`` (in the future) they expire then, else never."""
+    entry = ledger.earn(
+        conn,
+        accountId,
+        body.points,
+        as_of=utcnow(),
+        expires_at=body.expiresAt,
+        description=body.description,
+        idempotency_key=idempotency_key,
+    )
+    return _respond(entry, response)
+
+
+@router.post(
+    "/{accountId}/redeem",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EntryOut,
+    responses={
+        200: {"description": "A replay of an earlier request with the same key"},
+        409: {"description": "Not enough points; nothing was written"},
+    },
+)
+def redeem(
+    accountId: str,
+    body: RedeemRequest,
+    conn: Tx,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> EntryOut:
+    """Spend points, earliest-expiring first; all or nothing (409 when short)."""
+    entry = ledger.redeem(
+        conn,
+        accountId,
+        body.points,
+        as_of=utcnow(),
+        description=body.description,
+        idempotency_key=idempotency_key,
+    )
+    return _respond(entry, response)
+
+
+@router.get("/{accountId}/balance", response_model=BalanceOut)
+def balance(
+    accountId: str,
+    conn: ReadConn,
+    settings: SettingsDep,
+    days: Annotated[int, Query(ge=1, le=3650)] = 30,
+) -> BalanceOut:
+    """Spendable points now and, per date, the unspent points expiring in the next ``days``."""
+    now = utcnow()
+    available = ledger.balance(conn, accountId, now)
+    expiring = ledger.upcoming_expirations(
+        conn, [accountId], as_of=now, until=now + timedelta(days=days), zone=settings.zone
+    )
+    return BalanceOut(
+        accountId=accountId,
+        available=available,
+        expiring=[ExpiringOut(date=e.date, points=e.points) for e in expiring],
+    )

@@ -1,0 +1,202 @@
+"""Request and response bodies; JSON field names are the schema's camelCase names.
+
+Timestamps are ISO 8601. One without a zone is read as UTC; responses are
+always UTC with a ``Z``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
+
+from rewards.ledger.rules import MAX_POINTS
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _serialize_utc(value: datetime) -> str:
+    return _as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _valid_email(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from exc
+
+
+UtcDatetime = Annotated[
+    datetime,
+    AfterValidator(_as_utc),
+    PlainSerializer(_serialize_utc, return_type=str),
+    Field(description="ISO 8601; without a time zone it is read as UTC."),
+]
+Points = Annotated[int, Field(ge=1, le=MAX_POINTS, strict=True, description="Whole points.")]
+ClientId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"),
+    Field(description="An id of the client's choosing; generated when omitted."),
+]
+Email = Annotated[str | None, AfterValidator(_valid_email), Field(max_length=320)]
+Name = Annotated[str | None, Field(max_length=200)]
+Description = Annotated[str | None, Field(max_length=500)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- members and accounts -----------------------------------------------------------------
+
+
+class UserCreate(Body):
+    id: ClientId | None = None
+    email: Email = None
+    name: Name = None
+    emailNotifications: bool = True
+
+
+class UserUpdate(Body):
+    email: Email = None
+    name: Name = None
+    emailNotifications: bool | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str | None
+    name: str | None
+    emailNotifications: bool
+    createdAt: UtcDatetime
+
+
+class AccountCreate(Body):
+    id: ClientId | None = None
+
+
+class AccountOut(BaseModel):
+    id: str
+    userId: str
+    createdAt: UtcDatetime
+
+
+# -- ledger -----------------------------------------------------------------------------------
+
+
+class EarnRequest(Body):
+    points: Points
+    expiresAt: UtcDatetime | None = None
+    description: Description = None
+
+
+class RedeemRequest(Body):
+    points: Points
+    description: Description = None
+
+
+class EntryOut(BaseModel):
+    id: str
+    accountId: str
+    entryType: str
+    credit: int
+    debit: int
+    description: str | None
+    createdAt: UtcDatetime
+    expiresAt: UtcDatetime | None
+
+
+class ExpiringOut(BaseModel):
+    date: date
+    points: int
+
+
+class BalanceOut(BaseModel):
+    accountId: str
+    available: int
+    expiring: list[ExpiringOut]
+
+
+class MemberExpiringOut(BaseModel):
+    userId: str
+    available: int
+    expiring: list[ExpiringOut]
+
+
+# -- notifications ------------------------------------------------------------------------------
+
+
+class NotificationOut(BaseModel):
+    id: str
+    userId: str
+    notificationType: str
+    status: str
+    sentAt: UtcDatetime | None
+    failureReason: str | None
+    expirationDate: date
+    pointsExpiring: int
+    createdAt: UtcDatetime
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class JobRunRequest(Body):
+    asOf: date | None = Field(default=None, description="Run as of this date's scheduled time.")
+    dryRun: bool = False
+
+
+class JobSummaryOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    asOf: str
+    dryRun: bool
+    expiredPoints: int
+    planned: int
+    sent: int
+    failed: int
+    skipped: int
+    byType: dict[str, dict[str, int]]
+    durationSeconds: float
+
+
+class StatsOut(BaseModel):
+    byStatus: dict[str, int]
+    byTypeAndStatus: dict[str, dict[str, int]]
+    failuresByReason: dict[str, int]
+    recentRuns: list[dict[str, Any]]
+
+
+class JobRunsOut(BaseModel):
+    items: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None

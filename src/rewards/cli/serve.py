@@ -1,0 +1,79 @@
+"""``rewards serve``: the HTTP API and, unless told otherwise, the job's scheduler."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import SecretStr
+
+from rewards.api.app import create_app
+from rewards.cli.context import app_context, err, out
+from rewards.config import DEFAULT_SECRET_KEY, Settings
+from rewards.db import check_connection
+from rewards.migrate import require_current
+from rewards.notifications.scheduler import build_scheduler
+
+
+class UnsafeServe(Exception):
+    """Serving as configured would expose the API without credentials."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def with_tokens(settings: Settings, host: str) -> tuple[Settings, dict[str, str]]:
+    """Settings ready to serve on ``host``; tokens generated for a loopback-only session.
+
+    Off loopback, missing tokens or the default secret key are refused.
+    """
+    missing = [n for n in ("api_token", "admin_token") if getattr(settings, n) is None]
+    if not is_loopback(host):
+        if missing:
+            names = ", ".join(f"REWARDS_{n.upper()}" for n in missing)
+            raise UnsafeServe(f"refusing to serve on {host} without {names}")
+        if settings.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+            raise UnsafeServe(f"refusing to serve on {host} with the default REWARDS_SECRET_KEY")
+        return settings, {}
+    generated = {n: secrets.token_urlsafe(24) for n in missing}
+    update = {n: SecretStr(v) for n, v in generated.items()}
+    return settings.model_copy(update=update), generated
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    scheduler: Annotated[
+        bool, typer.Option("--scheduler/--no-scheduler", help="Also run the daily job.")
+    ] = True,
+) -> None:
+    """Serve the HTTP API (docs at /docs) and run CheckExpiringPointsJob on its schedule."""
+    context = app_context(ctx)
+    check_connection(context.engine)
+    require_current(context.engine)
+    try:
+        settings, generated = with_tokens(context.settings, host)
+    except UnsafeServe as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from exc
+    for name, value in generated.items():
+        out.print(f"REWARDS_{name.upper()} for this session: {value}", highlight=False)
+    app = create_app(settings, context.engine)
+    sched = build_scheduler(context.engine, settings, background=True) if scheduler else None
+    if sched is not None:
+        sched.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    finally:
+        if sched is not None:
+            sched.shutdown(wait=False)

@@ -1,0 +1,1 @@
+"""Members (the ``User`` table) and their accounts."""
