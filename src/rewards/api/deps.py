@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 from sqlalchemy import Connection, Engine
 
 from rewards.config import Settings
@@ -44,41 +45,37 @@ ReadConn = Annotated[Connection, Depends(read_only)]
 _bearer = HTTPBearer(auto_error=False, description="REWARDS_API_TOKEN or REWARDS_ADMIN_TOKEN")
 
 
-def _matches(given: str, expected: str | None) -> bool:
-    return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
+def _matches(given: str, expected: SecretStr | None) -> bool:
+    return expected is not None and hmac.compare_digest(
+        given.encode(), expected.get_secret_value().encode()
+    )
 
 
-def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def _token_kind(
+    settings: Settings, credentials: HTTPAuthorizationCredentials | None
+) -> Literal["admin", "client"]:
+    """Which token the request carries; 401 for none or an unknown one."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(401, "a bearer token is required")
-    return credentials.credentials
-
-
-def require_client(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Client applications: the API token (operators' admin token works too)."""
-    token = _token(credentials)
-    api = settings.api_token.get_secret_value() if settings.api_token else None
-    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    if not (_matches(token, api) or _matches(token, admin)):
-        raise HTTPException(401, "invalid token")
-
-
-def require_admin(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Operator endpoints: the admin token only; a client token is the wrong kind (403)."""
-    token = _token(credentials)
-    api = settings.api_token.get_secret_value() if settings.api_token else None
-    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    if _matches(token, admin):
-        return
-    if _matches(token, api):
-        raise HTTPException(403, "this endpoint needs the admin token")
+    if _matches(credentials.credentials, settings.admin_token):
+        return "admin"
+    if _matches(credentials.credentials, settings.api_token):
+        return "client"
     raise HTTPException(401, "invalid token")
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require_client(settings: SettingsDep, credentials: Credentials) -> None:
+    """Client applications: the API token (operators' admin token works too)."""
+    _token_kind(settings, credentials)
+
+
+def require_admin(settings: SettingsDep, credentials: Credentials) -> None:
+    """Operator endpoints: the admin token only; a client token is the wrong kind (403)."""
+    if _token_kind(settings, credentials) != "admin":
+        raise HTTPException(403, "this endpoint needs the admin token")
 
 
 Client = Depends(require_client)
