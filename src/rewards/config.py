@@ -96,10 +96,10 @@ class Settings(BaseSettings):
     @field_validator("notify_cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
+        from rewards.notifications.schedule import cron_trigger
 
         try:
-            CronTrigger.from_crontab(value)
+            cron_trigger(value)
         except ValueError as exc:
             raise ValueError(f"not a 5-field cron expression ({exc})") from exc
         return value

@@ -23,7 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     text,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -34,6 +34,25 @@ from rewards.ids import new_id
 ENTRY_TYPES = ("EARN", "REDEEM", "EXPIRE", "ADJUST")
 LIVE_STATUS_SQL = text("\"status\" IN ('PENDING', 'SENT', 'SKIPPED')")
 NOW = text("CURRENT_TIMESTAMP")
+
+
+class _SqliteTimestamp(sqlite.DATETIME):
+    """SQLite keeps timestamps as text and compares them as text.
+
+    Values are written as SQLite itself writes ``CURRENT_TIMESTAMP`` —
+    ``YYYY-MM-DD HH:MM:SS`` — with ``.fff`` only when there are milliseconds, so a
+    bound value and a row inserted by plain SQL compare as the instants they are.
+    """
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            text = value.strftime("%Y-%m-%d %H:%M:%S")
+            millis = value.microsecond // 1000
+            return f"{text}.{millis:03d}" if millis else text
+
+        return process
 
 
 class Timestamp(TypeDecorator[datetime]):
@@ -49,7 +68,7 @@ class Timestamp(TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(postgresql.TIMESTAMP(precision=3))
-        return dialect.type_descriptor(DateTime())
+        return dialect.type_descriptor(_SqliteTimestamp())  # type: ignore[no-untyped-call]
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else utc_naive(value)

@@ -69,7 +69,7 @@ def serve(
     for name, value in generated.items():
         out.print(f"REWARDS_{name.upper()} for this session: {value}", highlight=False)
     app = create_app(settings, context.engine)
-    sched = build_scheduler(context.engine, settings, background=True) if scheduler else None
+    sched = build_scheduler(context.engine, settings) if scheduler else None
     if sched is not None:
         sched.start()
     try:

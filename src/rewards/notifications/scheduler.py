@@ -12,8 +12,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Engine, select
 
 from rewards.clock import local_date, utcnow
@@ -21,7 +19,7 @@ from rewards.config import Settings
 from rewards.models import NotificationJobRun
 from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.locking import JobAlreadyRunning
-from rewards.notifications.schedule import cron_trigger, scheduled_time
+from rewards.notifications.schedule import cron_trigger, fire_time_on
 
 log = logging.getLogger("rewards.notifications.scheduler")
 
@@ -44,8 +42,8 @@ def run_scheduled(
 
 def missed_today(engine: Engine, settings: Settings, now: datetime) -> bool:
     """Has today's scheduled time passed with no successful run as of it?"""
-    due = scheduled_time(local_date(now, settings.zone), settings.notify_cron, settings.zone)
-    if due > now:
+    due = fire_time_on(local_date(now, settings.zone), settings.notify_cron, settings.zone)
+    if due is None or due > now:  # not a day the job runs, or not yet time
         return False
     with engine.connect() as conn:
         done = conn.execute(
@@ -57,13 +55,10 @@ def missed_today(engine: Engine, settings: Settings, now: datetime) -> bool:
 
 
 def build_scheduler(
-    engine: Engine, settings: Settings, *, background: bool, catch_up: bool = True
-) -> BaseScheduler:
-    scheduler: BaseScheduler = (
-        BackgroundScheduler(timezone=settings.zone)
-        if background
-        else BlockingScheduler(timezone=settings.zone)
-    )
+    engine: Engine, settings: Settings, *, catch_up: bool = True
+) -> BackgroundScheduler:
+    """A scheduler running in a background thread; the caller starts and stops it."""
+    scheduler = BackgroundScheduler(timezone=settings.zone)
     scheduler.add_job(
         run_scheduled,
         cron_trigger(settings.notify_cron, settings.zone),

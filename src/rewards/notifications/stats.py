@@ -76,9 +76,7 @@ def notification_stats(conn: Connection, *, runs: int = 10) -> Stats:
             .where(N.c.status == "FAILED")
             .group_by(N.c.failureReason)
             .order_by(func.count().desc())
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     return Stats(
         by_status=dict(sorted(by_status.items())),

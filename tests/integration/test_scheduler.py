@@ -1,0 +1,210 @@
+"""When the daily job runs: its cron rule in the programme's time zone, and catching up.
+
+``scheduled_time`` turns "as of a date" into an instant; ``missed_today`` decides
+whether a process starting late must run the day's job at once; ``build_scheduler``
+wires both into APScheduler. Every clock here is explicit, except where
+``build_scheduler`` reads the real one, and those tests choose a cron whose time
+has always passed (or not) whatever the hour the suite runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from sqlalchemy import Engine, insert
+
+from rewards.clock import utcnow
+from rewards.config import Settings, load_settings
+from rewards.ids import new_id
+from rewards.models import NotificationJobRun
+from rewards.notifications.job import CheckExpiringPointsJob
+from rewards.notifications.schedule import scheduled_time
+from rewards.notifications.scheduler import (
+    JOB_ID,
+    MISFIRE_GRACE_SECONDS,
+    build_scheduler,
+    missed_today,
+)
+
+PARIS = ZoneInfo("Europe/Paris")
+DAY = date(2025, 3, 3)
+NINE_UTC = datetime(2025, 3, 3, 9, 0)
+
+
+def settings_for(database_url: str, cron: str = "0 9 * * *", zone: str = "UTC") -> Settings:
+    return load_settings(
+        database_url=database_url, notify_cron=cron, timezone=zone, email_backend="console"
+    )
+
+
+def record_run(engine: Engine, as_of: datetime, status: str) -> None:
+    """A finished run in the job's own table, as an earlier process left it."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(NotificationJobRun).values(
+                id=new_id(), asOf=as_of, startedAt=as_of, finishedAt=as_of, status=status
+            )
+        )
+
+
+# -- scheduled_time -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        (date(2025, 1, 15), datetime(2025, 1, 15, 8, 0)),  # winter: UTC+1
+        (date(2025, 7, 15), datetime(2025, 7, 15, 7, 0)),  # summer: UTC+2
+        (date(2025, 3, 30), datetime(2025, 3, 30, 7, 0)),  # the clocks went forward at 02:00
+        (date(2025, 10, 26), datetime(2025, 10, 26, 8, 0)),  # the clocks went back at 03:00
+    ],
+)
+def test_scheduled_time_is_the_local_cron_time_as_naive_utc(day: date, expected: datetime) -> None:
+    assert scheduled_time(day, "0 9 * * *", PARIS) == expected
+
+
+def test_scheduled_time_on_a_day_the_cron_does_not_fire_is_the_start_of_that_day() -> None:
+    # The cron fires on the 1st only; 15 January starts at 23:00 UTC the day before in Paris.
+    assert scheduled_time(date(2025, 1, 15), "0 9 1 * *", PARIS) == datetime(2025, 1, 14, 23, 0)
+
+
+@pytest.mark.parametrize(
+    ("cron", "day", "fires"),
+    [
+        ("0 9 * * 1-5", date(2025, 1, 6), True),  # a Monday
+        ("0 9 * * 1-5", date(2025, 1, 4), False),  # a Saturday
+        ("0 9 * * 0", date(2025, 1, 5), True),  # a Sunday
+    ],
+    ids=["monday-in-1-5", "saturday-not-in-1-5", "sunday-is-0"],
+)
+def test_weekday_numbers_in_the_cron_mean_what_they_mean_in_crontab(
+    cron: str, day: date, fires: bool
+) -> None:
+    at_nine = datetime.combine(day, datetime.min.time()) + timedelta(hours=9)
+    expected = at_nine if fires else datetime.combine(day, datetime.min.time())
+    assert scheduled_time(day, cron, ZoneInfo("UTC")) == expected
+
+
+# -- missed_today -------------------------------------------------------------------------
+
+
+def test_today_is_missed_once_the_scheduled_time_passed_without_a_run(
+    engine: Engine, database_url: str
+) -> None:
+    assert missed_today(engine, settings_for(database_url), NINE_UTC + timedelta(hours=1))
+
+
+def test_today_is_not_missed_before_the_scheduled_time(engine: Engine, database_url: str) -> None:
+    assert not missed_today(engine, settings_for(database_url), NINE_UTC - timedelta(minutes=1))
+
+
+def test_today_is_not_missed_after_a_successful_run(engine: Engine, database_url: str) -> None:
+    settings = settings_for(database_url)
+    now = NINE_UTC + timedelta(hours=1)
+    CheckExpiringPointsJob(engine, settings, clock=lambda: now).run(day=DAY)
+    assert not missed_today(engine, settings, now)
+
+
+@pytest.mark.parametrize(
+    ("as_of", "status"),
+    [
+        (NINE_UTC, "FAILED"),  # today's run failed
+        (NINE_UTC - timedelta(days=1), "SUCCEEDED"),  # yesterday's run
+    ],
+)
+def test_only_a_successful_run_as_of_today_counts(
+    engine: Engine, database_url: str, as_of: datetime, status: str
+) -> None:
+    record_run(engine, as_of, status)
+    assert missed_today(engine, settings_for(database_url), NINE_UTC + timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    ("now", "missed"),
+    [
+        (datetime(2025, 3, 3, 7, 30), False),  # 08:30 in Paris
+        (datetime(2025, 3, 3, 8, 30), True),  # 09:30 in Paris
+    ],
+)
+def test_the_scheduled_time_is_read_in_the_programme_time_zone(
+    engine: Engine, database_url: str, now: datetime, missed: bool
+) -> None:
+    assert missed_today(engine, settings_for(database_url, zone="Europe/Paris"), now) is missed
+
+
+def test_a_day_the_cron_does_not_fire_is_never_missed(engine: Engine, database_url: str) -> None:
+    settings = settings_for(database_url, cron="0 9 1 * *")  # the 1st of the month only
+    assert not missed_today(engine, settings, datetime(2025, 3, 15, 10, 0))
+
+
+# -- build_scheduler ------------------------------------------------------------------------
+
+
+@contextmanager
+def started_paused(engine: Engine, settings: Settings) -> Iterator[Any]:
+    """A background scheduler started paused (nothing runs), shut down on exit."""
+    scheduler = build_scheduler(engine, settings)
+    assert isinstance(scheduler, BackgroundScheduler)
+    scheduler.start(paused=True)
+    try:
+        yield scheduler
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+def jobs_by_id(scheduler: Any) -> dict[str, Any]:
+    return {job.id: job for job in scheduler.get_jobs()}
+
+
+def test_the_scheduler_runs_the_job_on_the_cron_in_the_programme_time_zone(
+    engine: Engine, database_url: str
+) -> None:
+    settings = settings_for(database_url, cron="59 23 * * *", zone="Europe/Paris")
+    with started_paused(engine, settings) as scheduler:
+        job = jobs_by_id(scheduler)[JOB_ID]
+    trigger = job.trigger
+    assert isinstance(trigger, CronTrigger)
+    assert trigger.timezone == PARIS
+    fields = {f.name: str(f) for f in trigger.fields}
+    assert (fields["minute"], fields["hour"], fields["day"], fields["day_of_week"]) == (
+        "59",
+        "23",
+        "*",
+        "*",
+    )
+    assert job.coalesce is True
+    assert job.max_instances == 1
+    assert job.misfire_grace_time == MISFIRE_GRACE_SECONDS > 0
+    next_run = job.next_run_time
+    assert next_run.tzinfo == PARIS
+    assert (next_run.hour, next_run.minute) == (23, 59)
+    now_in_paris = datetime.now(PARIS)
+    assert now_in_paris < next_run <= now_in_paris + timedelta(days=1)
+
+
+def test_the_scheduler_catches_up_when_todays_run_was_missed(
+    engine: Engine, database_url: str
+) -> None:
+    # Midnight has always passed; no run is recorded.
+    with started_paused(engine, settings_for(database_url, cron="0 0 * * *")) as scheduler:
+        jobs = jobs_by_id(scheduler)
+    assert set(jobs) == {JOB_ID, f"{JOB_ID}-catch-up"}
+    catch_up = jobs[f"{JOB_ID}-catch-up"]
+    assert isinstance(catch_up.trigger, DateTrigger)  # once, now
+    assert catch_up.next_run_time <= datetime.now(PARIS) + timedelta(seconds=5)
+
+
+def test_the_scheduler_does_not_catch_up_when_today_already_ran(
+    engine: Engine, database_url: str
+) -> None:
+    record_run(engine, utcnow(), "SUCCEEDED")
+    with started_paused(engine, settings_for(database_url, cron="0 0 * * *")) as scheduler:
+        assert set(jobs_by_id(scheduler)) == {JOB_ID}
