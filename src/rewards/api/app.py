@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
 from rewards import __version__
 from rewards.api import errors
 from rewards.api.limits import BodySizeLimit
 from rewards.api.routes import accounts, admin, health, members, unsubscribe
+from rewards.api.schemas import Problem, problem_responses
 from rewards.config import Settings
 from rewards.db import create_db_engine
 from rewards.metrics import build_registry
@@ -56,5 +59,43 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit)
     for module in (members, accounts, admin, unsubscribe, health):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=problem_responses(503))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problem_details_in_schema(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def problem_details_in_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document every error response as what the app sends: ``application/problem+json``."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem_schema.pop("$defs", {}))
+    components["Problem"] = problem_schema
+    problem_content = {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[0] in "45":
+                    if status == "422":
+                        response["description"] = "Invalid values"
+                    html = {
+                        k: v for k, v in response.get("content", {}).items() if k == "text/html"
+                    }
+                    response["content"] = {**html, **problem_content}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema

@@ -39,8 +39,10 @@ def read_only(engine: EngineDep) -> Iterator[Connection]:
         yield conn
 
 
-Tx = Annotated[Connection, Depends(transaction)]
-ReadConn = Annotated[Connection, Depends(read_only)]
+# scope="function": commit (or roll back) when the endpoint returns, before the response is
+# sent, so a client never sees 201 for a write that did not commit.
+Tx = Annotated[Connection, Depends(transaction, scope="function")]
+ReadConn = Annotated[Connection, Depends(read_only, scope="function")]
 
 _bearer = HTTPBearer(auto_error=False, description="REWARDS_API_TOKEN or REWARDS_ADMIN_TOKEN")
 

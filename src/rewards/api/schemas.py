@@ -53,9 +53,11 @@ ClientId = Annotated[
     StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"),
     Field(description="An id of the client's choosing; generated when omitted."),
 ]
-Email = Annotated[str | None, AfterValidator(_valid_email), Field(max_length=320)]
-Name = Annotated[str | None, Field(max_length=200)]
-Description = Annotated[str | None, Field(max_length=500)]
+Email = Annotated[
+    Annotated[str, StringConstraints(max_length=320)] | None, AfterValidator(_valid_email)
+]
+Name = Annotated[str, StringConstraints(max_length=200)] | None
+Description = Annotated[str, StringConstraints(max_length=500)] | None
 
 
 class Body(BaseModel):
@@ -193,6 +195,11 @@ class Health(BaseModel):
     database: str
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
@@ -200,3 +207,21 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str | None = None
+    errors: list[FieldError] | None = Field(default=None, description="Invalid fields (422).")
+    available: int | None = Field(default=None, description="Points available (409 redeem).")
+    requested: int | None = Field(default=None, description="Points requested (409 redeem).")
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error statuses; the app documents them as problem+json."""
+    descriptions = {
+        400: "Malformed request (e.g. invalid JSON)",
+        401: "Missing or invalid bearer token",
+        403: "The wrong kind of token",
+        404: "Unknown id",
+        409: "Conflict (e.g. not enough points, a taken id, a run in progress)",
+        413: "Request body over 64 KiB",
+        422: "Invalid values",
+        503: "The database is unavailable",
+    }
+    return {status: {"description": descriptions[status]} for status in statuses}

@@ -16,12 +16,18 @@ from rewards.api.schemas import (
     EntryOut,
     ExpiringOut,
     RedeemRequest,
+    problem_responses,
 )
 from rewards.clock import utcnow
 from rewards.ledger import service as ledger
 from rewards.members import service as members
 
-router = APIRouter(prefix="/accounts", tags=["ledger"], dependencies=[Client])
+router = APIRouter(
+    prefix="/accounts",
+    tags=["ledger"],
+    dependencies=[Client],
+    responses=problem_responses(400, 401, 404, 409, 413, 422),
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -32,6 +38,9 @@ IdempotencyKey = Annotated[
         description="Replaying a request with the same key returns the first result.",
     ),
 ]
+
+
+REPLAY = "A replay of an earlier request with the same Idempotency-Key: the first entry"
 
 
 def entry_out(entry: ledger.Entry) -> EntryOut:
@@ -63,7 +72,7 @@ def get_account(accountId: str, conn: ReadConn) -> AccountOut:
     "/{accountId}/earn",
     status_code=status.HTTP_201_CREATED,
     response_model=EntryOut,
-    responses={200: {"description": "A replay of an earlier request with the same key"}},
+    responses={200: {"model": EntryOut, "description": REPLAY}},
 )
 def earn(
     accountId: str,
@@ -90,7 +99,7 @@ def earn(
     status_code=status.HTTP_201_CREATED,
     response_model=EntryOut,
     responses={
-        200: {"description": "A replay of an earlier request with the same key"},
+        200: {"model": EntryOut, "description": REPLAY},
         409: {"description": "Not enough points; nothing was written"},
     },
 )

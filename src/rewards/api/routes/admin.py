@@ -17,6 +17,7 @@ from rewards.api.schemas import (
     NotificationPage,
     StatsOut,
     UtcDatetime,
+    problem_responses,
 )
 from rewards.clock import utc_naive
 from rewards.notifications.history import LogFilter, list_logs
@@ -24,7 +25,12 @@ from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.stats import notification_stats, recent_runs
 from rewards.notifications.tiers import Status
 
-router = APIRouter(prefix="/admin", tags=["operators"], dependencies=[Admin])
+router = APIRouter(
+    prefix="/admin",
+    tags=["operators"],
+    dependencies=[Admin],
+    responses=problem_responses(400, 401, 403, 409, 413, 422),
+)
 
 
 def _naive(value: datetime | None) -> datetime | None:

@@ -6,24 +6,24 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from rewards.api.deps import EngineDep
+from rewards.api.errors import problem
 from rewards.api.schemas import Health
 from rewards.db import DatabaseUnavailable, check_connection
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+@router.get("/healthz", response_model=Health)
 def healthz(engine: EngineDep) -> Any:
-    """200 when the database answers, 503 when it does not."""
+    """200 when the database answers, 503 (problem+json) when it does not."""
     try:
         check_connection(engine)
     except (DatabaseUnavailable, SQLAlchemyError):
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        return problem(503, "the database does not answer")
     return Health(status="ok", database="ok")
 
 

@@ -18,13 +18,19 @@ from rewards.api.schemas import (
     UserCreate,
     UserOut,
     UserUpdate,
+    problem_responses,
 )
 from rewards.clock import utcnow
 from rewards.ledger import service as ledger
 from rewards.members import service as members
 from rewards.notifications.history import LogFilter, list_logs
 
-router = APIRouter(prefix="/users", tags=["members"], dependencies=[Client])
+router = APIRouter(
+    prefix="/users",
+    tags=["members"],
+    dependencies=[Client],
+    responses=problem_responses(400, 401, 404, 409, 413, 422),
+)
 
 Days = Annotated[int, Query(ge=1, le=3650, description="How many days ahead to look.")]
 Limit = Annotated[int, Query(ge=1, le=500)]

@@ -11,11 +11,15 @@ from fastapi.responses import HTMLResponse
 
 from rewards.api.deps import EngineDep, SettingsDep
 from rewards.api.errors import problem
+from rewards.api.schemas import problem_responses
 from rewards.ledger.errors import UnknownUser
 from rewards.members.service import get_member, opt_out
 from rewards.notifications.unsubscribe import InvalidUnsubscribeToken, read_token
 
-router = APIRouter(tags=["unsubscribe"])
+router = APIRouter(
+    tags=["unsubscribe"],
+    responses=problem_responses(413, 422),
+)
 
 Token = Query(min_length=1, max_length=1000, description="The signed token from the email.")
 
