@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from apscheduler.schedulers.base import BaseScheduler
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
@@ -35,17 +36,29 @@ Timestamps are ISO 8601; one without a time zone is read as UTC. Errors are
 """
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the API for ``settings``; the engine is created here unless one is given."""
+def create_app(
+    settings: Settings, engine: Engine | None = None, scheduler: BaseScheduler | None = None
+) -> FastAPI:
+    """Build the API for ``settings``; the engine is created here unless one is given.
+
+    A ``scheduler`` is started with the app and shut down with it, after a run in
+    progress has finished, so a graceful stop of the server never cuts a run short.
+    """
     owns_engine = engine is None
     db = engine or create_db_engine(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log.info("[NotificationsModule] registered successfully")
-        yield
-        if owns_engine:
-            db.dispose()
+        if scheduler is not None:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
+            if owns_engine:
+                db.dispose()
 
     app = FastAPI(
         title="rewards",

@@ -41,8 +41,14 @@ def read_only(engine: EngineDep) -> Iterator[Connection]:
 
 # scope="function": commit (or roll back) when the endpoint returns, before the response is
 # sent, so a client never sees 201 for a write that did not commit.
-Tx = Annotated[Connection, Depends(transaction, scope="function")]
-ReadConn = Annotated[Connection, Depends(read_only, scope="function")]
+# max_concurrency: requests beyond the connection pool wait on the event loop, not in a
+# worker thread; otherwise a burst larger than the thread pool could leave the requests
+# holding connections without a thread to finish on. 7 + 7 stays within the pool's 15.
+DB_CONCURRENCY = 7
+Tx = Annotated[Connection, Depends(transaction, scope="function", max_concurrency=DB_CONCURRENCY)]
+ReadConn = Annotated[
+    Connection, Depends(read_only, scope="function", max_concurrency=DB_CONCURRENCY)
+]
 
 _bearer = HTTPBearer(auto_error=False, description="REWARDS_API_TOKEN or REWARDS_ADMIN_TOKEN")
 

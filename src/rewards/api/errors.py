@@ -11,7 +11,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rewards.ledger.errors import (
@@ -89,6 +89,10 @@ def install(app: FastAPI) -> None:
             return problem(status, str(exc), **extra)
 
         app.add_exception_handler(error_type, domain_error)
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(_: Request, exc: DataError) -> JSONResponse:
+        return problem(422, "a value cannot be stored (for example, it contains a NUL character)")
 
     @app.exception_handler(SQLAlchemyError)
     async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:

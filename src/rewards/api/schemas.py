@@ -25,7 +25,10 @@ from rewards.ledger.rules import MAX_POINTS
 def _as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("the timestamp is outside the supported range") from exc
 
 
 def _serialize_utc(value: datetime) -> str:

@@ -68,12 +68,6 @@ def serve(
         raise typer.Exit(2) from exc
     for name, value in generated.items():
         out.print(f"REWARDS_{name.upper()} for this session: {value}", highlight=False)
-    app = create_app(settings, context.engine)
     sched = build_scheduler(context.engine, settings) if scheduler else None
-    if sched is not None:
-        sched.start()
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
-    finally:
-        if sched is not None:
-            sched.shutdown(wait=False)
+    app = create_app(settings, context.engine, scheduler=sched)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)

@@ -109,12 +109,19 @@ def _insert_entry(conn: Connection, values: dict[str, object]) -> Entry:
 
 
 def _replay(
-    conn: Connection, account_id: str, key: str | None, entry_type: str, points: int
+    conn: Connection,
+    account_id: str,
+    key: str | None,
+    entry_type: str,
+    points: int,
+    expires_at: datetime | None,
+    description: str | None,
 ) -> Entry | None:
     """The entry an earlier request with this Idempotency-Key posted, if any.
 
     Called with the account locked, so a concurrent request with the same key
-    waits for the first and then finds its entry.
+    waits for the first and then finds its entry. The same key with any other
+    request is refused rather than silently answered with the first entry.
     """
     if key is None:
         return None
@@ -123,7 +130,8 @@ def _replay(
     ).one_or_none()
     if row is None:
         return None
-    if row.entryType != entry_type or (row.credit or row.debit) != points:
+    asked = (entry_type, points, expires_at, description)
+    if (row.entryType, row.credit or row.debit, row.expiresAt, row.description) != asked:
         raise IdempotencyConflict(key)
     return _entry(row, replayed=True)
 
@@ -147,7 +155,11 @@ def earn(
         if expires_at <= as_of:
             raise InvalidEntry("expiresAt must be in the future")
     lock_account(conn, account_id)
-    if (earlier := _replay(conn, account_id, idempotency_key, "EARN", points)) is not None:
+    if (
+        earlier := _replay(
+            conn, account_id, idempotency_key, "EARN", points, expires_at, description
+        )
+    ) is not None:
         return earlier
     return _insert_entry(
         conn,
@@ -183,7 +195,9 @@ def redeem(
     validate_points(points)
     as_of = utc_naive(as_of)
     lock_account(conn, account_id)
-    if (earlier := _replay(conn, account_id, idempotency_key, "REDEEM", points)) is not None:
+    if (
+        earlier := _replay(conn, account_id, idempotency_key, "REDEEM", points, None, description)
+    ) is not None:
         return earlier
     post_due_expirations(conn, as_of, account_ids=[account_id])
     balance = available_balance(conn, account_id, as_of)

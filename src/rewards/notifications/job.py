@@ -46,6 +46,9 @@ N: Table = NotificationLog.__table__  # type: ignore[assignment]
 U: Table = User.__table__  # type: ignore[assignment]
 R: Table = NotificationJobRun.__table__  # type: ignore[assignment]
 
+LAST_DAY = date(9000, 12, 31)
+"""The latest as-of date: later ones would look past the end of the calendar."""
+
 EXPIRED_BEFORE_DELIVERY = "points expired before the reminder could be sent"
 
 
@@ -156,6 +159,8 @@ class CheckExpiringPointsJob:
     def run(
         self, *, day: date | None = None, dry_run: bool = False, trigger: str = "cli"
     ) -> JobSummary:
+        if day is not None and day > LAST_DAY:
+            raise JobError(f"--as-of {day} is too far in the future (the last is {LAST_DAY})")
         as_of = self.as_of_for(day)
         today = local_date(self.clock(), self.settings.zone)
         if day is not None and day > today and not dry_run:

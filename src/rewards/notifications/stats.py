@@ -61,7 +61,7 @@ def recent_runs(conn: Connection, limit: int = 10) -> list[dict[str, Any]]:
 def notification_stats(conn: Connection, *, runs: int = 10) -> Stats:
     """The runbook's ``GROUP BY status`` query, by tier too, plus why reminders failed."""
     by_status: dict[str, int] = dict(
-        conn.execute(select(N.c.status, func.count()).group_by(N.c.status)).tuples().all()
+        conn.execute(select(N.c.status, func.count()).group_by(N.c.status)).all()
     )
     by_type: dict[str, dict[str, int]] = {}
     for notification_type, status, count in conn.execute(

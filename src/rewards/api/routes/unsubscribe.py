@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from rewards.api.deps import EngineDep, SettingsDep
@@ -91,10 +92,15 @@ async def unsubscribe(
     body = parse_qs((await request.body()).decode("utf-8", "replace"))
     if body and body.get("List-Unsubscribe") != ["One-Click"]:
         return _refused(request, "This is not a one-click unsubscribe request.")
-    try:
-        member_id = _member_id(settings, token)
+
+    def opt_out_member() -> None:
         with engine.begin() as conn:
-            opt_out(conn, member_id)
+            opt_out(conn, _member_id(settings, token))
+
+    try:
+        # The database work runs on a worker thread, so waiting on a row lock never
+        # holds up the event loop (and with it every other request).
+        await run_in_threadpool(opt_out_member)
     except (InvalidUnsubscribeToken, UnknownUser):
         return _refused(request, "This unsubscribe link is invalid or has expired.")
     return page(

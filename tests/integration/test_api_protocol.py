@@ -1,0 +1,313 @@
+"""What every endpoint shares: JSON parsing, the body limit, tokens, errors, docs and health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, event
+
+from tests.integration.api_server import (
+    ADMIN_TOKEN,
+    CLIENT_TOKEN,
+    LiveApi,
+    assert_problem,
+    available,
+    create_user,
+    json_of,
+    ledger_totals,
+    open_account,
+)
+
+pytest_plugins = ["tests.integration.api_server"]
+
+LIMIT = 64 * 1024
+JSON = {"content-type": "application/json"}
+TOKEN_AREAS = ("/users", "/accounts", "/admin")
+ADMIN_ENDPOINTS = [
+    ("GET", "/admin/notifications"),
+    ("GET", "/admin/notifications/stats"),
+    ("GET", "/admin/job-runs"),
+    ("POST", "/admin/jobs/check-expiring-points"),
+]
+
+
+@pytest.fixture
+def account(live_api: LiveApi) -> str:
+    return open_account(live_api, create_user(live_api)["id"])
+
+
+def chunks(total: int, size: int = 4096) -> Iterator[bytes]:
+    """A body of ``total`` bytes sent without Content-Length (chunked transfer encoding)."""
+    body = b'{"points": 10, "description": "' + b"x" * total
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"{bad", b'{"points": 10', b"{'points': 10}", b"\xff\xfe{}"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/users"),
+        ("PATCH", "/users/{user}"),
+        ("POST", "/users/{user}/accounts"),
+        ("POST", "/accounts/{account}/earn"),
+        ("POST", "/accounts/{account}/redeem"),
+    ],
+)
+def test_a_body_that_is_not_json_is_a_bad_request(
+    live_api: LiveApi, method: str, path: str, body: bytes
+) -> None:
+    user = create_user(live_api)["id"]
+    url = path.format(user=user, account=open_account(live_api, user))
+    response = live_api.client.request(method, url, content=body, headers=JSON)
+    assert "JSON" in assert_problem(response, 400)["detail"]
+
+
+def test_the_job_trigger_refuses_a_body_that_is_not_json(live_api: LiveApi) -> None:
+    response = live_api.admin.post(
+        "/admin/jobs/check-expiring-points", content=b'{"asOf": ', headers=JSON
+    )
+    assert_problem(response, 400)
+
+
+@pytest.mark.parametrize("path", ["/users", "/accounts/{account}/earn"])
+def test_a_declared_body_over_64_kib_is_refused(
+    live_api: LiveApi, engine: Engine, account: str, path: str
+) -> None:
+    body = b'{"points": 10, "description": "' + b"x" * LIMIT + b'"}'
+    response = live_api.client.post(path.format(account=account), content=body, headers=JSON)
+    assert "64 KiB" in assert_problem(response, 413)["detail"]
+    assert ledger_totals(engine, account) == (0, 0, 0)
+
+
+def test_a_body_of_exactly_64_kib_is_read(live_api: LiveApi, account: str) -> None:
+    head = b'{"points": 10, "description": "'
+    body = head + b"x" * (LIMIT - len(head) - 2) + b'"}'
+    assert len(body) == LIMIT
+    response = live_api.client.post(f"/accounts/{account}/earn", content=body, headers=JSON)
+    assert "description" in assert_problem(response, 422)["detail"]  # too long, not too large
+
+
+def test_a_small_chunked_body_is_read(live_api: LiveApi, account: str) -> None:
+    response = live_api.client.post(
+        f"/accounts/{account}/earn", content=iter([b'{"points":', b" 10}"]), headers=JSON
+    )
+    assert response.status_code == 201, response.text
+    assert "content-length" not in response.request.headers
+
+
+def test_a_chunked_body_over_64_kib_is_refused(
+    live_api: LiveApi, engine: Engine, account: str
+) -> None:
+    response = live_api.client.post(
+        f"/accounts/{account}/earn", content=chunks(LIMIT + 1), headers=JSON
+    )
+    assert "content-length" not in response.request.headers
+    assert "64 KiB" in assert_problem(response, 413)["detail"]
+
+
+def test_a_chunked_body_over_64_kib_is_refused_by_the_unsubscribe_endpoint(
+    live_api: LiveApi,
+) -> None:
+    response = live_api.anonymous.post(
+        "/unsubscribe?token=whatever",
+        content=chunks(LIMIT + 1),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(response, 413)
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer wrong-token",
+        f"Bearer {CLIENT_TOKEN}x",
+        f"Basic {CLIENT_TOKEN}",
+        f"Token {CLIENT_TOKEN}",
+        CLIENT_TOKEN,
+        "Bearer \u00e9\u00e8".encode("latin-1"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/users/someone", "/admin/notifications"])
+def test_a_missing_or_garbled_token_is_unauthorized(
+    live_api: LiveApi, path: str, authorization: str | bytes | None
+) -> None:
+    if isinstance(authorization, str):
+        authorization = authorization.encode()
+    headers = {} if authorization is None else {b"Authorization": authorization}
+    response = live_api.anonymous.get(path, headers=headers)
+    assert_problem(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_bearer_scheme_is_case_insensitive(live_api: LiveApi) -> None:
+    user = create_user(live_api)["id"]
+    response = live_api.anonymous.get(
+        f"/users/{user}", headers={"Authorization": f"bearer {CLIENT_TOKEN}"}
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ENDPOINTS)
+def test_the_client_token_is_forbidden_on_operator_endpoints(
+    live_api: LiveApi, method: str, path: str
+) -> None:
+    response = live_api.client.request(method, path)
+    assert "admin token" in assert_problem(response, 403)["detail"]
+
+
+def test_the_admin_token_also_works_on_client_endpoints(live_api: LiveApi) -> None:
+    user = create_user(live_api)["id"]
+    account = json_of(live_api.admin.post(f"/users/{user}/accounts"), 201)["id"]
+    assert available(live_api, account) == 0
+
+
+def test_operator_endpoints_accept_the_admin_token(live_api: LiveApi) -> None:
+    response = live_api.anonymous.get(
+        "/admin/job-runs", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert json_of(response, 200) == {"items": []}
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_an_unknown_route_is_a_problem(live_api: LiveApi) -> None:
+    assert_problem(live_api.client.get("/no/such/thing"), 404)
+
+
+def test_an_unsupported_method_is_a_problem(live_api: LiveApi) -> None:
+    assert_problem(live_api.client.delete("/users"), 405)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/users/a%00b", None),
+        ("GET", "/accounts/a%00b/balance", None),
+        ("POST", "/users", {"name": "Ann\u0000Lee"}),
+        ("PATCH", "/users/{user}", {"name": "Ann\u0000Lee"}),
+        ("POST", "/accounts/{account}/earn", {"points": 5, "description": "order\u0000 17"}),
+        ("GET", "/admin/notifications?userId=a%00b", None),
+    ],
+)
+def test_text_with_a_nul_character_is_no_server_error(
+    live_api: LiveApi,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    user = create_user(live_api)["id"]
+    url = path.format(user=user, account=open_account(live_api, user))
+    response = live_api.admin.request(method, url, json=body)
+    assert response.status_code < 500, response.text
+
+
+def test_a_write_is_committed_before_its_response_is_sent(
+    live_api: LiveApi, engine: Engine
+) -> None:
+    def slow_commit(_: Connection) -> None:
+        time.sleep(0.5)
+
+    event.listen(engine, "commit", slow_commit)
+    try:
+        created = json_of(live_api.client.post("/users", json={"name": "Ann"}), 201)
+        read_back = live_api.client.get(f"/users/{created['id']}")
+    finally:
+        event.remove(engine, "commit", slow_commit)
+    assert read_back.status_code == 200, read_back.text
+
+
+# -- health, docs, schema -------------------------------------------------------------------------
+
+
+def test_health_needs_no_token_and_says_the_database_answers(live_api: LiveApi) -> None:
+    assert json_of(live_api.anonymous.get("/healthz"), 200) == {"status": "ok", "database": "ok"}
+
+
+def test_the_docs_page_is_served(live_api: LiveApi) -> None:
+    response = live_api.anonymous.get("/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in response.text
+    assert "/openapi.json" in response.text
+
+
+EXPECTED_OPERATIONS = {
+    ("post", "/users"),
+    ("get", "/users/{userId}"),
+    ("patch", "/users/{userId}"),
+    ("post", "/users/{userId}/accounts"),
+    ("get", "/users/{userId}/expiring-points"),
+    ("get", "/users/{userId}/notifications"),
+    ("get", "/accounts/{accountId}"),
+    ("post", "/accounts/{accountId}/earn"),
+    ("post", "/accounts/{accountId}/redeem"),
+    ("get", "/accounts/{accountId}/balance"),
+    ("get", "/admin/notifications"),
+    ("get", "/admin/notifications/stats"),
+    ("get", "/admin/job-runs"),
+    ("post", "/admin/jobs/check-expiring-points"),
+    ("get", "/unsubscribe"),
+    ("post", "/unsubscribe"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+}
+
+
+def openapi(api: LiveApi) -> dict[str, Any]:
+    schema: dict[str, Any] = json_of(api.anonymous.get("/openapi.json"), 200)
+    return schema
+
+
+def operations(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            yield method, path, operation
+
+
+def test_the_openapi_schema_lists_every_operation(live_api: LiveApi) -> None:
+    schema = openapi(live_api)
+    assert schema["openapi"].startswith("3.")
+    assert schema["info"]["title"] == "rewards"
+    assert {(m, p) for m, p, _ in operations(schema)} == EXPECTED_OPERATIONS
+
+
+def test_the_openapi_schema_says_which_operations_need_a_bearer_token(live_api: LiveApi) -> None:
+    schema = openapi(live_api)
+    [(scheme_name, scheme)] = schema["components"]["securitySchemes"].items()
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    secured = {
+        (m, p) for m, p, op in operations(schema) if {scheme_name: []} in op.get("security", [])
+    }
+    assert secured == {
+        (m, p) for m, p in EXPECTED_OPERATIONS if p.startswith(("/users", "/accounts", "/admin"))
+    }
+
+
+def test_the_openapi_schema_documents_the_problem_responses(live_api: LiveApi) -> None:
+    schema = openapi(live_api)
+    for method, path, operation in operations(schema):
+        if not path.startswith(TOKEN_AREAS):
+            continue
+        responses = operation["responses"]
+        assert "401" in responses, (method, path)
+        for status, response in responses.items():
+            if status.startswith(("4", "5")):
+                assert set(response.get("content", {})) == {"application/problem+json"}, (
+                    method,
+                    path,
+                    status,
+                )
