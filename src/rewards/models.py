@@ -31,7 +31,6 @@ from sqlalchemy.types import TypeEngine
 from rewards.clock import utc_naive
 from rewards.ids import new_id
 
-ENTRY_TYPES = ("EARN", "REDEEM", "EXPIRE", "ADJUST")
 LIVE_STATUS_SQL = text("\"status\" IN ('PENDING', 'SENT', 'SKIPPED')")
 NOW = text("CURRENT_TIMESTAMP")
 
