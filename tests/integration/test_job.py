@@ -435,3 +435,51 @@ def test_a_second_run_while_one_holds_the_lock_says_so(
     with job_lock(engine), pytest.raises(JobAlreadyRunning):
         run(D - timedelta(days=7))
     assert logs(engine) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "reason"),
+    [
+        ("opted_out", "SKIPPED", "user opted out"),
+        ("email_removed", "FAILED", "missing email"),
+        ("expired", "FAILED", "points expired before the reminder could be sent"),
+    ],
+)
+def test_stale_pending_rows_are_settled_unsent_when_sending_no_longer_fits(
+    programme: Programme,
+    run: Callable[..., JobSummary],
+    engine: Engine,
+    smtp_server: SmtpServer,
+    change: str,
+    status: str,
+    reason: str,
+) -> None:
+    user = programme.member_with_points()
+    expiration = datetime(2030, 2, 10) if change != "expired" else datetime(2030, 1, 1)
+    stale_id = new_id()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(NotificationLog).values(
+                id=stale_id,
+                userId=user,
+                notificationType="EXPIRATION_7_DAYS",
+                status="PENDING",
+                expirationDate=expiration,
+                pointsExpiring=100,
+                createdAt=NOW - timedelta(hours=2),
+            )
+        )
+        if change == "opted_out":
+            conn.execute(text('UPDATE "User" SET "emailNotifications" = false'))
+        elif change == "email_removed":
+            conn.execute(text('UPDATE "User" SET "email" = NULL'))
+    summary = run(D - timedelta(days=7))
+    assert summary.resent == 0
+    assert not any(m["Message-ID"].startswith(f"<{stale_id}@") for m in smtp_server.messages)
+    with engine.connect() as conn:
+        settled = conn.execute(
+            select(NotificationLog.status, NotificationLog.failureReason).where(
+                NotificationLog.id == stale_id
+            )
+        ).one()
+    assert tuple(settled) == (status, reason)

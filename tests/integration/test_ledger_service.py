@@ -134,6 +134,18 @@ def test_balance_counts_unposted_expiries_as_gone(engine: Engine, account: str) 
     assert expired_rows == 0
 
 
+def test_a_members_balance_sums_the_accounts_in_one_query(engine: Engine) -> None:
+    first, second = new_account(engine), new_account(engine)
+    with engine.begin() as conn:
+        service.earn(conn, first, 70, as_of=T0, expires_at=T0 + timedelta(days=1))
+        service.earn(conn, second, 30, as_of=T0)
+        service.redeem(conn, second, 10, as_of=T0)
+    with engine.connect() as conn:
+        assert service.total_balance(conn, [first, second], T0) == 90
+        assert service.total_balance(conn, [first, second], T0 + timedelta(days=2)) == 20
+        assert service.total_balance(conn, [], T0) == 0
+
+
 @settings(
     max_examples=30,
     deadline=None,

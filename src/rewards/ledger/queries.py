@@ -117,12 +117,13 @@ def accounts_table(account_ids: Iterable[str]) -> FromClause:
     return select(A.c.id.label("accountId")).where(A.c.id.in_(list(account_ids))).subquery("accts")
 
 
-def available_balance(conn: Connection, account_id: str, as_of: datetime) -> int:
-    """Points spendable at ``as_of``: ``total credits - max(debits, expired credits)``."""
-    row = conn.execute(account_totals(accounts_table([account_id]), as_of)).one_or_none()
-    if row is None:
-        return 0
-    return int(row.credits) - max(int(row.debits), int(row.expired))
+def available_balance(conn: Connection, account_ids: Iterable[str], as_of: datetime) -> int:
+    """Points spendable at ``as_of`` over the accounts, in one query.
+
+    Per account: ``total credits - max(debits, expired credits)``.
+    """
+    rows = conn.execute(account_totals(accounts_table(account_ids), as_of))
+    return sum(int(r.credits) - max(int(r.debits), int(r.expired)) for r in rows)
 
 
 def _new_id_sql(dialect: str) -> ColumnElement[str]:

@@ -200,7 +200,7 @@ def redeem(
     ) is not None:
         return earlier
     post_due_expirations(conn, as_of, account_ids=[account_id])
-    balance = available_balance(conn, account_id, as_of)
+    balance = available_balance(conn, [account_id], as_of)
     if balance < points:
         raise InsufficientPoints(account_id, points, balance)
     return _insert_entry(
@@ -220,7 +220,12 @@ def redeem(
 def balance(conn: Connection, account_id: str, as_of: datetime) -> int:
     if conn.execute(select(A.c.id).where(A.c.id == account_id)).one_or_none() is None:
         raise UnknownAccount(account_id)
-    return available_balance(conn, account_id, utc_naive(as_of))
+    return available_balance(conn, [account_id], utc_naive(as_of))
+
+
+def total_balance(conn: Connection, account_ids: list[str], as_of: datetime) -> int:
+    """Points spendable at ``as_of`` over several accounts (a member's), in one query."""
+    return available_balance(conn, account_ids, utc_naive(as_of))
 
 
 def upcoming_expirations(

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
@@ -293,13 +293,17 @@ class CheckExpiringPointsJob:
         now = self.clock()
         sent = [row.id for row, outcome in settled if outcome.delivered]
         failed = [
-            {"b_id": row.id, "b_reason": outcome.detail or "delivery failed"}
+            {
+                "b_id": row.id,
+                "b_status": Status.FAILED.value,
+                "b_reason": outcome.detail or "delivery failed",
+            }
             for row, outcome in settled
             if not outcome.delivered
         ]
         with self.engine.begin() as conn:
             settle_sent(conn, sent, now)
-            settle_failed(conn, failed)
+            settle_unsent(conn, failed)
         for row, outcome in settled:
             status = Status.SENT if outcome.delivered else Status.FAILED
             summary.record(row.key.notification_type, status, outcome.detail)
@@ -346,6 +350,7 @@ class CheckExpiringPointsJob:
             after = batch[-1].id
             resend: list[_Row] = []
             closed: list[tuple[_Row, Outcome]] = []
+            decided: list[tuple[_Row, Decision]] = []
             for r in batch:
                 day = r.expirationDate.date()
                 key = DueKey(
@@ -362,21 +367,23 @@ class CheckExpiringPointsJob:
                 if key.days_left < 0:
                     closed.append((_Row(r.id, key), Outcome(False, EXPIRED_BEFORE_DELIVERY)))
                 elif not decision.send:
-                    self._close_pending(summary, r.id, key, decision)
+                    decided.append((_Row(r.id, key), decision))
                 else:
                     resend.append(_Row(r.id, key))
             summary.resent += len(resend)
+            self._close_pending(summary, decided)
             self._settle(summary, closed)
             self._deliver(summary, resend, sender, loop)
 
-    def _close_pending(self, summary: JobSummary, row_id: str, key: DueKey, d: Decision) -> None:
+    def _close_pending(self, summary: JobSummary, decided: Sequence[tuple[_Row, Decision]]) -> None:
+        """Settle unsent the interrupted rows whose member has since opted out or lost the email."""
+        rows = [
+            {"b_id": row.id, "b_status": d.status.value, "b_reason": d.reason} for row, d in decided
+        ]
         with self.engine.begin() as conn:
-            conn.execute(
-                update(N)
-                .where(N.c.id == row_id, N.c.status == Status.PENDING.value)
-                .values(status=d.status.value, failureReason=d.reason)
-            )
-        summary.record(key.notification_type, d.status, d.reason)
+            settle_unsent(conn, rows)
+        for row, d in decided:
+            summary.record(row.key.notification_type, d.status, d.reason)
 
     # -- dry run --------------------------------------------------------------------------
 
@@ -490,13 +497,14 @@ def settle_sent(conn: Connection, ids: Sequence[str], at: datetime) -> None:
         )
 
 
-def settle_failed(conn: Connection, failures: Sequence[dict[str, str]]) -> None:
-    if failures:
+def settle_unsent(conn: Connection, rows: Sequence[Mapping[str, str | None]]) -> None:
+    """Close PENDING rows that were not sent: ``b_id``, ``b_status``, ``b_reason`` each."""
+    if rows:
         conn.execute(
             update(N)
             .where(N.c.id == bindparam("b_id"), N.c.status == Status.PENDING.value)
-            .values(status=Status.FAILED.value, failureReason=bindparam("b_reason")),
-            list(failures),
+            .values(status=bindparam("b_status"), failureReason=bindparam("b_reason")),
+            list(rows),
         )
 
 

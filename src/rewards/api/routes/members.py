@@ -111,7 +111,7 @@ def expiring_points(
     """The member's spendable points and, per date, the unspent points that will expire."""
     now = utcnow()
     account_ids = members.account_ids_of(conn, userId)
-    available = sum(ledger.balance(conn, a, now) for a in account_ids)
+    available = ledger.total_balance(conn, account_ids, now)
     expiring = ledger.upcoming_expirations(
         conn, account_ids, as_of=now, until=now + timedelta(days=days), zone=settings.zone
     )
