@@ -142,9 +142,20 @@ def database_url(database_factory: DatabaseFactory) -> str:
     return url
 
 
+GENERIC_PLANS = {
+    # Prepare every statement at its first execution and always plan it generically, as
+    # PostgreSQL may do after a few executions on a pooled connection: a statement that
+    # needs a constant where it has a bound parameter fails at once, not after a while.
+    "prepare_threshold": 0,
+    "options": "-c timezone=UTC -c plan_cache_mode=force_generic_plan",
+}
+
+
 @pytest.fixture(scope="session")
-def session_engine(database_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(database_url)
+def session_engine(database_url: str, backend: str) -> Iterator[Engine]:
+    engine = create_db_engine(
+        database_url, **({"connect_args": dict(GENERIC_PLANS)} if backend == "postgresql" else {})
+    )
     yield engine
     engine.dispose()
 

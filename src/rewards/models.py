@@ -32,6 +32,10 @@ from rewards.clock import utc_naive
 from rewards.ids import new_id
 
 LIVE_STATUS_SQL = text("\"status\" IN ('PENDING', 'SENT', 'SKIPPED')")
+EXPIRE_ENTRY_SQL = text("\"entryType\" = 'EXPIRE'")
+"""Predicates of partial indexes, as SQL text: an ``ON CONFLICT`` target naming such an
+index must carry its predicate as constants, never as bound parameters (a prepared
+statement's generic plan cannot infer the index from a parameter)."""
 NOW = text("CURRENT_TIMESTAMP")
 
 
@@ -134,8 +138,8 @@ class PointLedger(Base):
             "accountId",
             "expiresAt",
             unique=True,
-            postgresql_where=text("\"entryType\" = 'EXPIRE'"),
-            sqlite_where=text("\"entryType\" = 'EXPIRE'"),
+            postgresql_where=EXPIRE_ENTRY_SQL,
+            sqlite_where=EXPIRE_ENTRY_SQL,
         ),
         Index(
             "PointLedger_accountId_idempotencyKey_key",

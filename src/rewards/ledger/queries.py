@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import literal_column
 
 from rewards.db import tune_for_batch
-from rewards.models import Account, PointLedger, Timestamp
+from rewards.models import EXPIRE_ENTRY_SQL, Account, PointLedger, Timestamp
 
 L: Table = PointLedger.__table__  # type: ignore[assignment]
 A: Table = Account.__table__  # type: ignore[assignment]
@@ -202,7 +202,7 @@ def post_due_expirations(
             rows,
         )
         .on_conflict_do_nothing(
-            index_elements=["accountId", "expiresAt"], index_where=L.c.entryType == "EXPIRE"
+            index_elements=["accountId", "expiresAt"], index_where=EXPIRE_ENTRY_SQL
         )
         .returning(L.c.debit)
     )
