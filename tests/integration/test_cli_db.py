@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect
+
+from rewards.db import create_db_engine
+
+REWARDS = str(Path(sys.executable).with_name("rewards"))
+"""The console script the README's commands use, as installed next to this interpreter."""
 
 
 def rewards(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "COLUMNS": "200", **env}
     return subprocess.run(
-        [sys.executable, "-m", "rewards", *args],
+        [REWARDS, *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -45,6 +52,24 @@ def test_upgrade_status_check_history_downgrade_round_trip(empty_database_url: s
     assert down.returncode == 0, down.stderr
     drift = rewards("db", "check", **env)
     assert drift.returncode == 1
+
+
+def test_the_readme_rollback_runs_as_typed(empty_database_url: str) -> None:
+    """README: `rewards db downgrade add_notification_system`, then `rewards db downgrade -1`."""
+    env = {"DATABASE_URL": empty_database_url}
+    assert rewards("db", "upgrade", **env).returncode == 0
+    to_seed = rewards("db", "downgrade", "add_notification_system", **env)
+    assert to_seed.returncode == 0, to_seed.stderr
+    one_back = rewards("db", "downgrade", "-1", **env)
+    assert one_back.returncode == 0, one_back.stderr
+    assert "Downgraded add_notification_system -> baseline." in one_back.stdout
+    engine = create_db_engine(empty_database_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert "NotificationLog" not in tables
+    assert {"User", "Account", "PointLedger"} <= tables
 
 
 def test_a_bad_revision_is_one_clear_line(empty_database_url: str) -> None:

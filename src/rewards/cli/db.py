@@ -16,8 +16,11 @@ from rewards.db import check_connection
 
 app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 
+# Relative revisions such as ``-1`` start with a dash: take them as written, not as options.
+REVISION_ARGUMENT = {"ignore_unknown_options": True}
 
-@app.command()
+
+@app.command(context_settings=REVISION_ARGUMENT)
 def upgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
@@ -34,7 +37,7 @@ def upgrade(
         out.print(f"Upgraded {before or 'base'} -> {after}.")
 
 
-@app.command()
+@app.command(context_settings=REVISION_ARGUMENT)
 def downgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target: -1, base, or a revision id.")],
