@@ -98,6 +98,7 @@ class SmtpServer:
             "smtp_port": self.port,
             "smtp_security": "none",
             "smtp_timeout": 5.0,
+            "secret_key": "secret-of-the-test-smtp-server",
         }
 
     def reset(self) -> None:

@@ -130,9 +130,23 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.lower().startswith("sqlite")
 
+    @property
+    def has_own_secret(self) -> bool:
+        return self.secret_key.get_secret_value() != DEFAULT_SECRET_KEY
+
 
 class SettingsError(Exception):
     """Settings could not be built; the message names the offending variable."""
+
+
+def require_own_secret_to_send(settings: Settings) -> None:
+    """Refuse to send real email with the public default secret, which would let anyone forge
+    the signed links in it; the file and console backends only write locally."""
+    if settings.email_backend is EmailBackend.SMTP and not settings.has_own_secret:
+        raise SettingsError(
+            "invalid setting REWARDS_SECRET_KEY: the default key is public, so anyone could forge"
+            " the links in the emails; set a secret of your own to send through SMTP"
+        )
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rewards.config import SettingsError
 from rewards.ledger.errors import (
     DuplicateEntry,
     IdempotencyConflict,
@@ -44,6 +45,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (JobAlreadyRunning, 409),
     (JobError, 422),
     (LedgerError, 400),
+    (SettingsError, 503),
 ]
 
 

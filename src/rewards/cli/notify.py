@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from rewards.cli.context import app_context, err, out
+from rewards.config import require_own_secret_to_send
 from rewards.db import check_connection
 from rewards.migrate import require_current
 from rewards.notifications.job import CheckExpiringPointsJob, JobSummary
@@ -64,6 +65,8 @@ def run(
 ) -> None:
     """Post due expirations and send the reminders that are due."""
     context = app_context(ctx)
+    if not dry_run:
+        require_own_secret_to_send(context.settings)
     check_connection(context.engine)
     require_current(context.engine)
     job = CheckExpiringPointsJob(context.engine, context.settings)

@@ -9,6 +9,7 @@ from types import FrameType
 import typer
 
 from rewards.cli.context import app_context
+from rewards.config import require_own_secret_to_send
 from rewards.db import check_connection
 from rewards.migrate import require_current
 from rewards.notifications.scheduler import build_scheduler
@@ -21,6 +22,7 @@ def scheduler(ctx: typer.Context) -> None:
     left in flight.
     """
     context = app_context(ctx)
+    require_own_secret_to_send(context.settings)
     check_connection(context.engine)
     require_current(context.engine)
     stop = threading.Event()

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, upd
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rewards.clock import local_date, utc_naive, utcnow
-from rewards.config import DEFAULT_SECRET_KEY, EmailBackend, Settings
+from rewards.config import Settings, require_own_secret_to_send
 from rewards.ids import new_id
 from rewards.ledger.queries import post_due_expirations
 from rewards.metrics import observe_send
@@ -138,14 +138,6 @@ class CheckExpiringPointsJob:
         self.sender_factory = sender_factory
         self.clock = clock
         self.builder = MessageBuilder(settings, clock=clock)
-        if (
-            settings.email_backend is EmailBackend.SMTP
-            and settings.secret_key.get_secret_value() == DEFAULT_SECRET_KEY
-        ):
-            log.warning(
-                "[CheckExpiringPointsJob] REWARDS_SECRET_KEY is the default: anyone could forge"
-                " unsubscribe links in the emails sent; set a secret of your own"
-            )
 
     # -- entry points -----------------------------------------------------------------
 
@@ -170,6 +162,7 @@ class CheckExpiringPointsJob:
             )
         if dry_run:
             return self._preview(as_of)
+        require_own_secret_to_send(self.settings)
         with job_lock(self.engine):
             return self._run(as_of, trigger)
 
