@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -368,6 +369,42 @@ def test_a_replayed_redeem_returns_the_first_entry_and_posts_once(
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json() == first.json()
     assert available(live_api, account) == 60
+
+
+def test_a_replayed_earn_whose_expiry_has_passed_since_returns_the_first_entry(
+    live_api: LiveApi, engine: Engine, account: str
+) -> None:
+    key = {"Idempotency-Key": "order-18-points"}
+    expires_at = datetime.now(UTC) + timedelta(seconds=1)
+    body = {"points": 10, "expiresAt": expires_at.isoformat()}
+    first = live_api.client.post(f"/accounts/{account}/earn", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
+    again = live_api.client.post(f"/accounts/{account}/earn", json=body, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert ledger_totals(engine, account) == (1, 10, 0)
+
+
+def test_a_retry_after_a_refused_redemption_is_a_new_attempt(
+    live_api: LiveApi, engine: Engine, account: str
+) -> None:
+    """A 409 writes nothing, its key included: the retry is judged on the balance it meets."""
+    earn(live_api, account, 30)
+    key = {"Idempotency-Key": "reward-9"}
+    refused = live_api.client.post(f"/accounts/{account}/redeem", json={"points": 50}, headers=key)
+    assert assert_problem(refused, 409)["available"] == 30
+    again = live_api.client.post(f"/accounts/{account}/redeem", json={"points": 50}, headers=key)
+    assert_problem(again, 409)
+    earn(live_api, account, 20)
+    posted = live_api.client.post(f"/accounts/{account}/redeem", json={"points": 50}, headers=key)
+    assert posted.status_code == 201, posted.text
+    replayed = live_api.client.post(f"/accounts/{account}/redeem", json={"points": 50}, headers=key)
+    assert replayed.status_code == 200
+    assert replayed.json() == posted.json()
+    assert ledger_totals(engine, account) == (3, 50, 50)
+    assert available(live_api, account) == 0
 
 
 @pytest.mark.parametrize(

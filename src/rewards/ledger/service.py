@@ -147,13 +147,14 @@ def earn(
     entry_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> Entry:
-    """Credit ``points``; they expire at ``expires_at`` (never, if None), which must be ahead."""
+    """Credit ``points``; they expire at ``expires_at`` (never, if None), which must be ahead.
+
+    A replay is recognised before the expiry is held against the clock: the retry of an
+    earn whose ``expires_at`` has passed since returns the first entry.
+    """
     validate_points(points)
     as_of = utc_naive(as_of)
-    if expires_at is not None:
-        expires_at = utc_naive(expires_at)
-        if expires_at <= as_of:
-            raise InvalidEntry("expiresAt must be in the future")
+    expires_at = None if expires_at is None else utc_naive(expires_at)
     lock_account(conn, account_id)
     if (
         earlier := _replay(
@@ -161,6 +162,8 @@ def earn(
         )
     ) is not None:
         return earlier
+    if expires_at is not None and expires_at <= as_of:
+        raise InvalidEntry("expiresAt must be in the future")
     return _insert_entry(
         conn,
         {
