@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from rewards.models import NotificationJobRun
+from rewards.notifications.runs import FINISHED_RUN_STATUSES, RunStatus
 
 log = logging.getLogger("rewards.metrics")
 
@@ -40,7 +41,12 @@ class JobRunCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         runs = CounterMetricFamily(
-            "rewards_job_runs", "Runs of CheckExpiringPointsJob by outcome", labels=["outcome"]
+            "rewards_job_runs",
+            "Finished runs of CheckExpiringPointsJob by outcome (succeeded, failed, abandoned)",
+            labels=["outcome"],
+        )
+        running = GaugeMetricFamily(
+            "rewards_job_running", "Runs of CheckExpiringPointsJob in progress"
         )
         sent = CounterMetricFamily(
             "rewards_notifications",
@@ -57,7 +63,7 @@ class JobRunCollector(Collector):
             with self.engine.connect() as conn:
                 outcomes = conn.execute(select(R.status, func.count()).group_by(R.status)).all()
                 finished = conn.scalar(
-                    select(func.max(R.finishedAt)).where(R.status == "SUCCEEDED")
+                    select(func.max(R.finishedAt)).where(R.status == RunStatus.SUCCEEDED.value)
                 )
                 by_type: Counter[tuple[str, str]] = Counter()
                 for (counts,) in conn.execute(
@@ -72,13 +78,16 @@ class JobRunCollector(Collector):
             yield up
             return
         up.add_metric([], 1)
-        for status, count in outcomes:
-            runs.add_metric([status.lower()], count)
+        # A counter only grows: a run counts once it has finished; in progress it is a gauge.
+        by_outcome: dict[str, int] = {str(status): int(n) for status, n in outcomes}
+        for outcome in FINISHED_RUN_STATUSES:
+            runs.add_metric([outcome.value.lower()], by_outcome.get(outcome.value, 0))
+        running.add_metric([], by_outcome.get(RunStatus.RUNNING.value, 0))
         for (status, notification_type), count in sorted(by_type.items()):
             sent.add_metric([status, notification_type], count)
         if finished is not None:
             last.add_metric([], finished.replace(tzinfo=UTC).timestamp())
-        yield from (up, runs, sent, last)
+        yield from (up, runs, running, sent, last)
 
 
 def build_registry(engine: Engine) -> CollectorRegistry:

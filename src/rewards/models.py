@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -219,7 +220,7 @@ class NotificationJobRun(Base):
     __table_args__ = (
         Index("NotificationJobRun_startedAt_idx", "startedAt"),
         CheckConstraint(
-            "\"status\" IN ('RUNNING', 'SUCCEEDED', 'FAILED')",
+            "\"status\" IN ('RUNNING', 'SUCCEEDED', 'FAILED', 'ABANDONED')",
             name="NotificationJobRun_status_check",
         ),
     )
@@ -231,7 +232,9 @@ class NotificationJobRun(Base):
     status: Mapped[str] = mapped_column("status", Text)
     trigger: Mapped[str] = mapped_column("trigger", Text, server_default=text("'cli'"))
     expiredEntries: Mapped[int] = mapped_column("expiredEntries", Integer, server_default=text("0"))
-    expiredPoints: Mapped[int] = mapped_column("expiredPoints", Integer, server_default=text("0"))
+    expiredPoints: Mapped[int] = mapped_column(
+        "expiredPoints", BigInteger, server_default=text("0")
+    )
     planned: Mapped[int] = mapped_column("planned", Integer, server_default=text("0"))
     sent: Mapped[int] = mapped_column("sent", Integer, server_default=text("0"))
     failed: Mapped[int] = mapped_column("failed", Integer, server_default=text("0"))
@@ -239,3 +242,5 @@ class NotificationJobRun(Base):
     resent: Mapped[int] = mapped_column("resent", Integer, server_default=text("0"))
     countsByType: Mapped[dict[str, dict[str, int]] | None] = mapped_column("countsByType", JSON)
     error: Mapped[str | None] = mapped_column("error", Text)
+    abandonedAt: Mapped[datetime | None] = mapped_column("abandonedAt", Timestamp)
+    """When a later run noticed that the process running this one had died."""

@@ -395,8 +395,10 @@ def test_metrics_count_runs_and_reminders_by_status_and_tier(live_api: LiveApi) 
     member_with_points_due_in_7_days(live_api, email="out@example.com", emailNotifications=False)
     run_job(live_api, asOf=today().isoformat())
     text = live_api.anonymous.get("/metrics").text
-    runs = "rewards_job_runs_total" if "rewards_job_runs_total" in text else "rewards_job_runs"
-    assert sample(text, runs, outcome="succeeded") == 1.0
+    assert "# TYPE rewards_job_runs_total counter" in text
+    assert sample(text, "rewards_job_runs_total", outcome="succeeded") == 1.0
+    assert sample(text, "rewards_job_runs_total", outcome="failed") == 0.0
+    assert sample(text, "rewards_job_running") == 0.0
     for status in ("SENT", "SKIPPED"):
         assert (
             sample(text, "rewards_notifications_total", status=status, notification_type=TYPES[1])

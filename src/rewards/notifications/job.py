@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rewards.clock import local_date, utc_naive, utcnow
@@ -37,6 +36,13 @@ from rewards.notifications.delivery.base import Outcome, Sender
 from rewards.notifications.locking import job_lock
 from rewards.notifications.messages import InvalidRecipient, MessageBuilder, Reminder
 from rewards.notifications.planner import DueKey, plan_due_notifications
+from rewards.notifications.runs import (
+    JobSummary,
+    RunStatus,
+    describe_error,
+    finish_run,
+    start_run,
+)
 from rewards.notifications.schedule import scheduled_time
 from rewards.notifications.tiers import INVALID_FORMAT, Decision, Status, decide
 
@@ -54,64 +60,6 @@ EXPIRED_BEFORE_DELIVERY = "points expired before the reminder could be sent"
 
 class JobError(Exception):
     """The job was asked for something it must not do (e.g. a future run that writes)."""
-
-
-@dataclass
-class JobSummary:
-    """What one run did; ``as_json`` is the CLI's and the API's machine-readable form."""
-
-    as_of: datetime
-    dry_run: bool
-    run_id: str | None = None
-    expired_entries: int = 0
-    expired_points: int = 0
-    planned: int = 0
-    resent: int = 0
-    by_type: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    failures: Counter[str] = field(default_factory=Counter)
-    duration_seconds: float = 0.0
-    error: str | None = None
-
-    def count(self, status: Status) -> int:
-        return sum(c[status.value] for c in self.by_type.values())
-
-    @property
-    def sent(self) -> int:
-        return self.count(Status.SENT)
-
-    @property
-    def failed(self) -> int:
-        return self.count(Status.FAILED)
-
-    @property
-    def skipped(self) -> int:
-        return self.count(Status.SKIPPED)
-
-    def record(self, notification_type: str, status: Status, reason: str | None = None) -> None:
-        self.by_type[notification_type][status.value] += 1
-        if status is Status.FAILED and reason:
-            self.failures[reason.split(":", 1)[0]] += 1
-
-    def counts_by_type(self) -> dict[str, dict[str, int]]:
-        return {t: dict(sorted(c.items())) for t, c in sorted(self.by_type.items())}
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "asOf": self.as_of.isoformat() + "Z",
-            "dryRun": self.dry_run,
-            "runId": self.run_id,
-            "expiredEntries": self.expired_entries,
-            "expiredPoints": self.expired_points,
-            "planned": self.planned,
-            "sent": self.sent,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "resent": self.resent,
-            "byType": self.counts_by_type(),
-            "failuresByReason": dict(self.failures),
-            "durationSeconds": round(self.duration_seconds, 3),
-            "error": self.error,
-        }
 
 
 @dataclass(frozen=True)
@@ -171,7 +119,7 @@ class CheckExpiringPointsJob:
     def _run(self, as_of: datetime, trigger: str) -> JobSummary:
         started = time.perf_counter()
         summary = JobSummary(as_of=as_of, dry_run=False)
-        summary.run_id = self._start_record(as_of, trigger)
+        start_run(self.engine, summary, trigger, self.clock())
         try:
             self._expire(summary)
             with asyncio.Runner() as loop:
@@ -185,11 +133,11 @@ class CheckExpiringPointsJob:
         except Exception as exc:
             summary.error = describe_error(exc)
             summary.duration_seconds = time.perf_counter() - started
-            self._finish_record(summary, "FAILED")
+            finish_run(self.engine, summary, RunStatus.FAILED, self.clock())
             log.error("[CheckExpiringPointsJob] run %s failed: %s", summary.run_id, summary.error)
             raise
         summary.duration_seconds = time.perf_counter() - started
-        self._finish_record(summary, "SUCCEEDED")
+        finish_run(self.engine, summary, RunStatus.SUCCEEDED, self.clock())
         log.info(
             "[CheckExpiringPointsJob] as of %s: expired %d points in %d entries; planned %d,"
             " sent %d, failed %d, skipped %d, re-sent %d in %.2fs",
@@ -398,54 +346,6 @@ class CheckExpiringPointsJob:
                     summary.record(key.notification_type, status, decision.reason)
         summary.duration_seconds = time.perf_counter() - started
         return summary
-
-    # -- the run's own record ---------------------------------------------------------------
-
-    def _start_record(self, as_of: datetime, trigger: str) -> str:
-        run_id = new_id()
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(R).values(
-                    id=run_id,
-                    asOf=as_of,
-                    startedAt=self.clock(),
-                    status="RUNNING",
-                    trigger=trigger,
-                )
-            )
-        return run_id
-
-    def _finish_record(self, summary: JobSummary, status: str) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    update(R)
-                    .where(R.c.id == summary.run_id)
-                    .values(
-                        status=status,
-                        finishedAt=self.clock(),
-                        expiredEntries=summary.expired_entries,
-                        expiredPoints=summary.expired_points,
-                        planned=summary.planned,
-                        sent=summary.sent,
-                        failed=summary.failed,
-                        skipped=summary.skipped,
-                        resent=summary.resent,
-                        countsByType=summary.counts_by_type(),
-                        error=summary.error,
-                    )
-                )
-        except Exception:  # the database may be what failed; the run's error is already logged
-            log.exception(
-                "[CheckExpiringPointsJob] could not record the end of run %s", summary.run_id
-            )
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for the run record and the log: the driver's message, not the whole SQL."""
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
 
 
 # -- set-based writes, shared with the stale-row recovery -------------------------------

@@ -19,6 +19,7 @@ from rewards.config import Settings
 from rewards.models import NotificationJobRun
 from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.locking import JobAlreadyRunning
+from rewards.notifications.runs import RunStatus
 from rewards.notifications.schedule import cron_trigger, fire_time_on
 
 log = logging.getLogger("rewards.notifications.scheduler")
@@ -48,7 +49,10 @@ def missed_today(engine: Engine, settings: Settings, now: datetime) -> bool:
     with engine.connect() as conn:
         done = conn.execute(
             select(NotificationJobRun.id)
-            .where(NotificationJobRun.status == "SUCCEEDED", NotificationJobRun.asOf >= due)
+            .where(
+                NotificationJobRun.status == RunStatus.SUCCEEDED.value,
+                NotificationJobRun.asOf >= due,
+            )
             .limit(1)
         ).first()
     return done is None
