@@ -218,7 +218,7 @@ def job_phase(url: str) -> dict[str, Any]:
             conn, as_of=AS_OF, zone=ZONE, tiers=TIERS, max_attempts=3, batch_size=1000
         ):
             for key in batch:
-                decisions += decide(key.email, key.email_notifications).send
+                decisions += decide(key.email, key.email_notifications, key.points).send
                 planned[(key.user_id, key.expiration_date.isoformat())] = key.points
     finished = time.perf_counter()
     engine.dispose()

@@ -14,8 +14,9 @@ from rewards.config import Settings, load_settings
 from rewards.ids import new_id
 from rewards.ledger import service
 from rewards.models import NotificationJobRun, NotificationLog, PointLedger
-from rewards.notifications.job import CheckExpiringPointsJob, JobError, JobSummary
+from rewards.notifications.job import CheckExpiringPointsJob, JobError
 from rewards.notifications.locking import JobAlreadyRunning, job_lock
+from rewards.notifications.runs import JobSummary
 from tests.smtp_server import Behaviour, SmtpServer
 
 NOW = datetime(2030, 6, 1, 12, 0)  # the real clock in these tests: every run below is in its past
@@ -194,6 +195,51 @@ def test_expiration_dates_are_calendar_dates_in_the_programme_time_zone(
 # -- amounts ------------------------------------------------------------------------------
 
 
+BILLION = 1_000_000_000
+
+
+def test_a_sum_too_large_for_the_log_fails_that_reminder_not_the_run(
+    programme: Programme, run: Callable[..., JobSummary], engine: Engine, smtp_server: SmtpServer
+) -> None:
+    whale = programme.member(email="whale@example.com")
+    account = programme.account(whale)
+    for _ in range(3):
+        programme.earn(account, BILLION, EXPIRES)
+    minnow = programme.member_with_points(100, email="minnow@example.com")
+    summary = run(D - timedelta(days=7))
+    assert summary.error is None
+    assert summary.counts_by_type() == {"EXPIRATION_7_DAYS": {"FAILED": 1, "SENT": 1}}
+    rows = {u: (s, p, r) for u, _, _, s, p, r in logs(engine)}
+    status, points, reason = rows[whale]
+    assert (status, points) == ("FAILED", 2**31 - 1)
+    assert reason is not None
+    assert reason.startswith("too many points: 3,000,000,000 expiring")
+    assert rows[minnow][:2] == ("SENT", 100)
+    assert [m["To"].addresses[0].addr_spec for m in smtp_server.messages] == ["minnow@example.com"]
+    with engine.connect() as conn:
+        assert conn.scalar(select(NotificationJobRun.status)) == "SUCCEEDED"
+
+
+def test_an_expiry_too_large_for_one_entry_does_not_stop_the_run(
+    programme: Programme, run: Callable[..., JobSummary], engine: Engine
+) -> None:
+    whale = programme.member(email="whale@example.com")
+    account = programme.account(whale)
+    gone = datetime(2030, 1, 5, 12, 0)
+    for _ in range(3):
+        programme.earn(account, BILLION, gone)
+    minnow = programme.member(email="minnow@example.com")
+    small = programme.account(minnow)
+    programme.earn(small, 40, gone)
+    summary = run(D - timedelta(days=7))
+    assert summary.error is None
+    assert (summary.expired_entries, summary.expired_points) == (1, 40)
+    with engine.connect() as conn:
+        assert service.balance(conn, account, NOW) == 0
+        assert service.balance(conn, small, NOW) == 0
+        assert conn.scalar(select(NotificationJobRun.status)) == "SUCCEEDED"
+
+
 def test_amounts_are_net_of_redemptions_and_summed_over_accounts(
     programme: Programme, run: Callable[..., JobSummary], engine: Engine
 ) -> None:
@@ -300,7 +346,7 @@ def test_the_email_says_what_the_spec_says(
     assert "http://rewards.test/unsubscribe?token=" in body
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "<http://rewards.test/unsubscribe?token=" in message["List-Unsubscribe"]
-    assert "mailto:" in message["List-Unsubscribe"]
+    assert "mailto:" not in message["List-Unsubscribe"]
     assert message.get_body(("html",)) is not None
     with engine.connect() as conn:
         log_id, sent_at = conn.execute(select(NotificationLog.id, NotificationLog.sentAt)).one()

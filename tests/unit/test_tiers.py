@@ -8,7 +8,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from rewards.notifications.planner import due_days
-from rewards.notifications.tiers import Decision, Status, decide, notification_type, tier_due
+from rewards.notifications.tiers import (
+    Decision,
+    Status,
+    decide,
+    loggable_points,
+    notification_type,
+    tier_due,
+)
 
 DEFAULT = (30, 7, 1)
 CUSTOM = (60, 14, 3, 1)
@@ -74,7 +81,31 @@ def test_notification_types_keep_the_seed_names(tier: int, name: str) -> None:
 def test_decisions_follow_the_seed_reasons(
     email: str | None, opted_in: bool, expected: Decision
 ) -> None:
-    assert decide(email, opted_in) == expected
+    assert decide(email, opted_in, 100) == expected
+
+
+@pytest.mark.parametrize(
+    ("points", "status"),
+    [(2**31 - 1, Status.PENDING), (2**31, Status.FAILED), (3_000_000_000, Status.FAILED)],
+)
+def test_a_sum_too_large_for_the_log_fails_that_key_with_the_amount(
+    points: int, status: Status
+) -> None:
+    decision = decide("ann@example.com", True, points)
+    assert decision.status is status
+    if status is Status.FAILED:
+        assert decision.reason is not None
+        assert decision.reason.startswith("too many points: ")
+        assert f"{points:,}" in decision.reason
+
+
+def test_an_opted_out_member_with_too_many_points_is_skipped() -> None:
+    assert decide("ann@example.com", False, 2**40) == Decision(Status.SKIPPED, "user opted out")
+
+
+def test_points_are_capped_to_what_the_log_column_holds() -> None:
+    assert loggable_points(2**31 - 1) == 2**31 - 1
+    assert loggable_points(3_000_000_000) == 2**31 - 1
 
 
 def test_due_days_cover_the_run_date_to_the_largest_tier() -> None:

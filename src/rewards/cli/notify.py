@@ -13,8 +13,9 @@ from rewards.cli.context import app_context, err, out
 from rewards.config import require_own_secret_to_send
 from rewards.db import check_connection
 from rewards.migrate import require_current
-from rewards.notifications.job import CheckExpiringPointsJob, JobSummary
+from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.locking import JobAlreadyRunning
+from rewards.notifications.runs import JobSummary
 from rewards.notifications.stats import notification_stats
 
 app = typer.Typer(

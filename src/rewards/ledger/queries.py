@@ -23,10 +23,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     FromClause,
-    Integer,
     Select,
     Table,
     and_,
@@ -35,12 +35,12 @@ from sqlalchemy import (
     func,
     literal,
     select,
-    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import literal_column
 
 from rewards.db import tune_for_batch
+from rewards.ledger.rules import MAX_ENTRY_POINTS
 from rewards.models import EXPIRE_ENTRY_SQL, Account, PointLedger, Timestamp
 
 L: Table = PointLedger.__table__  # type: ignore[assignment]
@@ -147,7 +147,10 @@ def post_due_expirations(
     credits exceed their debits have anything to post (the prefix property), so
     one aggregate pass finds them and the running sums cover those alone.
     Idempotent: a posted expiry raises the account's debits, so the same
-    remainder is never posted twice; a unique index settles races.
+    remainder is never posted twice; a unique index settles races. An instant whose
+    remainder is too large for one entry's ``debit`` (only many huge credits expiring
+    together can be) is left unposted rather than failing everyone's run; the balance
+    counts those points as gone all the same.
     Returns ``(entries posted, points expired)``.
     """
     expired_credit = case((and_(L.c.credit > 0, L.c.expiresAt <= _ts(as_of)), L.c.credit), else_=0)
@@ -175,7 +178,7 @@ def post_due_expirations(
         select(
             expired.c.accountId,
             expired.c.expiresAt,
-            cast(func.sum(left), Integer).label("points"),
+            cast(func.sum(left), BigInteger).label("points"),
         )
         .select_from(expired.join(owing, expired.c.accountId == owing.c.accountId))
         .group_by(expired.c.accountId, expired.c.expiresAt)
@@ -193,7 +196,7 @@ def post_due_expirations(
         literal(EXPIRE_DESCRIPTION),
         per_instant.c.expiresAt,
         per_instant.c.expiresAt,
-    ).where(true())
+    ).where(per_instant.c.points <= MAX_ENTRY_POINTS)  # one entry cannot hold more
     insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
         insert_fn(L)

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 MAX_POINTS = 1_000_000_000
-"""Largest amount a single entry may carry (fits comfortably in a 32-bit column)."""
+"""Largest amount a client may earn or redeem in one entry."""
+
+MAX_ENTRY_POINTS = 2**31 - 1
+"""Largest amount a ledger row can hold (``credit`` and ``debit`` are the seed's ``INTEGER``)."""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,13 @@ from rewards.notifications.runs import (
     start_run,
 )
 from rewards.notifications.schedule import scheduled_time
-from rewards.notifications.tiers import INVALID_FORMAT, Decision, Status, decide
+from rewards.notifications.tiers import (
+    INVALID_FORMAT,
+    Decision,
+    Status,
+    decide,
+    loggable_points,
+)
 
 log = logging.getLogger("rewards.notifications.job")
 
@@ -185,7 +191,7 @@ class CheckExpiringPointsJob:
         rows: list[dict[str, Any]] = []
         keys: dict[str, DueKey] = {}
         for key in batch:
-            decision = decide(key.email, key.email_notifications)
+            decision = decide(key.email, key.email_notifications, key.points)
             row_id = new_id()
             keys[row_id] = key
             rows.append(_log_values(row_id, key, decision, now))
@@ -304,7 +310,7 @@ class CheckExpiringPointsJob:
                     name=r.name,
                     email_notifications=bool(r.emailNotifications),
                 )
-                decision = decide(key.email, key.email_notifications)
+                decision = decide(key.email, key.email_notifications, key.points)
                 if key.days_left < 0:
                     closed.append((_Row(r.id, key), Outcome(False, EXPIRED_BEFORE_DELIVERY)))
                 elif not decision.send:
@@ -341,7 +347,7 @@ class CheckExpiringPointsJob:
             for batch in self._plan(conn, as_of):
                 summary.planned += len(batch)
                 for key in batch:
-                    decision = decide(key.email, key.email_notifications)
+                    decision = decide(key.email, key.email_notifications, key.points)
                     status = Status.SENT if decision.send else decision.status
                     summary.record(key.notification_type, status, decision.reason)
         summary.duration_seconds = time.perf_counter() - started
@@ -359,7 +365,7 @@ def _log_values(row_id: str, key: DueKey, decision: Decision, now: datetime) -> 
         "status": decision.status.value,
         "failureReason": decision.reason,
         "expirationDate": key.expiration_stamp,
-        "pointsExpiring": key.points,
+        "pointsExpiring": loggable_points(key.points),
         "createdAt": now,
     }
 

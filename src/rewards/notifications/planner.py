@@ -20,10 +20,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Date,
-    Integer,
     Select,
     Table,
     and_,
@@ -133,7 +133,7 @@ def net_expiring_per_member(
     days_cte = _days_table(days)
     until = days[-1].ends - timedelta(milliseconds=1)
     remaining = live_remainders(None, as_of, until).subquery("remaining")
-    points = cast(func.sum(remaining.c.remaining), Integer)
+    points = cast(func.sum(remaining.c.remaining), BigInteger)
     return (
         select(
             A.c.userId,

@@ -26,6 +26,15 @@ LIVE_STATUSES = (Status.PENDING, Status.SENT, Status.SKIPPED)
 OPTED_OUT = "user opted out"
 MISSING_EMAIL = "missing email"
 INVALID_FORMAT = "invalid format"
+TOO_MANY_POINTS = "too many points"
+
+POINTS_EXPIRING_MAX = 2**31 - 1
+"""The most ``NotificationLog.pointsExpiring`` (the seed's ``INTEGER``) can hold."""
+
+
+def loggable_points(points: int) -> int:
+    """``points`` as ``NotificationLog.pointsExpiring`` can store it (a larger sum is capped)."""
+    return min(points, POINTS_EXPIRING_MAX)
 
 
 def notification_type(tier: int) -> str:
@@ -68,12 +77,22 @@ def is_valid_email(address: str) -> bool:
     return True
 
 
-def decide(email: str | None, email_notifications: bool) -> Decision:
-    """What to do for one due key, in the seed's order of precedence."""
+def decide(email: str | None, email_notifications: bool, points: int) -> Decision:
+    """What to do for one due key, in the seed's order of precedence.
+
+    A sum of points too large for ``NotificationLog.pointsExpiring`` fails that one key
+    with the amount in its reason, rather than the whole run.
+    """
     if not email_notifications:
         return Decision(Status.SKIPPED, OPTED_OUT)
     if email is None or not email.strip():
         return Decision(Status.FAILED, MISSING_EMAIL)
     if not is_valid_email(email.strip()):
         return Decision(Status.FAILED, INVALID_FORMAT)
+    if points > POINTS_EXPIRING_MAX:
+        return Decision(
+            Status.FAILED,
+            f"{TOO_MANY_POINTS}: {points:,} expiring, more than NotificationLog.pointsExpiring"
+            f" holds ({POINTS_EXPIRING_MAX:,})",
+        )
     return SEND
