@@ -474,6 +474,79 @@ def test_stale_pending_rows_are_resent_with_the_same_message_id(
     assert status == {user: "SENT", fresh_user: "PENDING"}
 
 
+def interrupted(engine: Engine, user: str, notification_type: str, day: date) -> str:
+    """A PENDING row a crashed run left behind two hours ago (the lease has run out)."""
+    row_id = new_id()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(NotificationLog).values(
+                id=row_id,
+                userId=user,
+                notificationType=notification_type,
+                status="PENDING",
+                expirationDate=datetime.combine(day, datetime.min.time()),
+                pointsExpiring=100,
+                createdAt=NOW - timedelta(hours=2),
+            )
+        )
+    return row_id
+
+
+def settled(engine: Engine, row_id: str) -> tuple[str, str | None]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(NotificationLog.status, NotificationLog.failureReason).where(
+                NotificationLog.id == row_id
+            )
+        ).one()
+    return row.status, row.failureReason
+
+
+def test_an_interrupted_reminder_is_not_resent_once_its_points_expired(
+    programme: Programme, run: Callable[..., JobSummary], engine: Engine, smtp_server: SmtpServer
+) -> None:
+    # The 1-day reminder for D was interrupted; the points went at 05:00 on D, and the
+    # next run is at 09:00 that day: "your points expire today" would be a lie.
+    user = programme.member_with_points(
+        expires_at=datetime.combine(D, datetime.min.time()) + timedelta(hours=5)
+    )
+    row_id = interrupted(engine, user, "EXPIRATION_1_DAY", D)
+    summary = run(D)
+    assert summary.resent == 0
+    assert smtp_server.messages == []
+    assert settled(engine, row_id) == ("FAILED", "points expired before the reminder could be sent")
+
+
+def test_an_interrupted_reminder_of_an_earlier_tier_gives_way_to_the_tier_due_now(
+    programme: Programme, run: Callable[..., JobSummary], engine: Engine, smtp_server: SmtpServer
+) -> None:
+    user = programme.member_with_points()
+    row_id = interrupted(engine, user, "EXPIRATION_7_DAYS", D)
+    summary = run(D - timedelta(days=1))
+    assert summary.resent == 0
+    assert settled(engine, row_id) == ("SKIPPED", "superseded by EXPIRATION_1_DAY")
+    [message] = smtp_server.messages  # one reminder, not two
+    assert "expire tomorrow" in text_part(message)
+    assert summary.counts_by_type() == {
+        "EXPIRATION_1_DAY": {"SENT": 1},
+        "EXPIRATION_7_DAYS": {"SKIPPED": 1},
+    }
+
+
+def test_an_interrupted_reminder_is_not_resent_once_its_points_were_spent(
+    programme: Programme, run: Callable[..., JobSummary], engine: Engine, smtp_server: SmtpServer
+) -> None:
+    user = programme.member(email="ann@example.com")
+    account = programme.account(user)
+    programme.earn(account, 100, EXPIRES)
+    programme.redeem(account, 100, at=datetime(2030, 2, 1, 12, 0))
+    row_id = interrupted(engine, user, "EXPIRATION_7_DAYS", D)
+    summary = run(D - timedelta(days=7))
+    assert summary.resent == 0
+    assert smtp_server.messages == []
+    assert settled(engine, row_id) == ("SKIPPED", "no points left to expire")
+
+
 def test_a_second_run_while_one_holds_the_lock_says_so(
     programme: Programme, run: Callable[..., JobSummary], engine: Engine
 ) -> None:

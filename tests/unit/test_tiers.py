@@ -9,11 +9,13 @@ import pytest
 
 from rewards.notifications.planner import due_days
 from rewards.notifications.tiers import (
+    EXPIRED_BEFORE_DELIVERY,
     Decision,
     Status,
     decide,
     loggable_points,
     notification_type,
+    recovery_decision,
     tier_due,
 )
 
@@ -134,3 +136,27 @@ def test_late_evening_utc_can_be_tomorrow_in_the_programme_zone() -> None:
     tokyo = ZoneInfo("Asia/Tokyo")
     as_of = datetime(2030, 5, 1, 16, 0)  # already 2 May, 01:00 in Tokyo
     assert due_days(as_of, tokyo, DEFAULT)[0].day == date(2030, 5, 2)
+
+
+@pytest.mark.parametrize(
+    ("sent", "days_left", "points_left", "expected"),
+    [
+        ("EXPIRATION_7_DAYS", 7, 100, None),
+        ("EXPIRATION_1_DAY", 0, 100, None),  # expiring later today: still true
+        ("EXPIRATION_1_DAY", 0, 0, Decision(Status.FAILED, EXPIRED_BEFORE_DELIVERY)),
+        ("EXPIRATION_7_DAYS", -2, 0, Decision(Status.FAILED, EXPIRED_BEFORE_DELIVERY)),
+        ("EXPIRATION_7_DAYS", 5, 0, Decision(Status.SKIPPED, "no points left to expire")),
+        ("EXPIRATION_7_DAYS", 1, 100, Decision(Status.SKIPPED, "superseded by EXPIRATION_1_DAY")),
+        ("EXPIRATION_30_DAYS", 6, 100, Decision(Status.SKIPPED, "superseded by EXPIRATION_7_DAYS")),
+        (
+            "EXPIRATION_90_DAYS",
+            60,
+            100,
+            Decision(Status.SKIPPED, "no reminder is due that far ahead"),
+        ),
+    ],
+)
+def test_an_interrupted_reminder_is_resent_only_while_it_is_still_true(
+    sent: str, days_left: int, points_left: int, expected: Decision | None
+) -> None:
+    assert recovery_decision(sent, days_left, (30, 7, 1), points_left) == expected

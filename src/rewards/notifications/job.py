@@ -35,7 +35,7 @@ from rewards.notifications.delivery import create_sender
 from rewards.notifications.delivery.base import Outcome, Sender
 from rewards.notifications.locking import job_lock
 from rewards.notifications.messages import InvalidRecipient, MessageBuilder, Reminder
-from rewards.notifications.planner import DueKey, plan_due_notifications
+from rewards.notifications.planner import DueKey, plan_due_notifications, points_left_on_dates
 from rewards.notifications.runs import (
     JobSummary,
     RunStatus,
@@ -50,6 +50,7 @@ from rewards.notifications.tiers import (
     Status,
     decide,
     loggable_points,
+    recovery_decision,
 )
 
 log = logging.getLogger("rewards.notifications.job")
@@ -60,8 +61,6 @@ R: Table = NotificationJobRun.__table__  # type: ignore[assignment]
 
 LAST_DAY = date(9000, 12, 31)
 """The latest as-of date: later ones would look past the end of the calendar."""
-
-EXPIRED_BEFORE_DELIVERY = "points expired before the reminder could be sent"
 
 
 class JobError(Exception):
@@ -295,35 +294,51 @@ class CheckExpiringPointsJob:
             if not batch:
                 return
             after = batch[-1].id
+            with self.engine.connect() as conn:
+                left = points_left_on_dates(
+                    conn,
+                    ((r.userId, r.expirationDate.date()) for r in batch),
+                    as_of=summary.as_of,
+                    zone=self.settings.zone,
+                )
             resend: list[_Row] = []
-            closed: list[tuple[_Row, Outcome]] = []
-            decided: list[tuple[_Row, Decision]] = []
+            closed: list[tuple[_Row, Decision]] = []
             for r in batch:
                 day = r.expirationDate.date()
-                key = DueKey(
-                    user_id=r.userId,
-                    notification_type=r.notificationType,
-                    expiration_date=day,
-                    days_left=(day - run_date).days,
-                    points=r.pointsExpiring,
-                    email=r.email,
-                    name=r.name,
-                    email_notifications=bool(r.emailNotifications),
+                row = _Row(
+                    r.id,
+                    DueKey(
+                        user_id=r.userId,
+                        notification_type=r.notificationType,
+                        expiration_date=day,
+                        days_left=(day - run_date).days,
+                        points=r.pointsExpiring,
+                        email=r.email,
+                        name=r.name,
+                        email_notifications=bool(r.emailNotifications),
+                    ),
                 )
-                decision = decide(key.email, key.email_notifications, key.points)
-                if key.days_left < 0:
-                    closed.append((_Row(r.id, key), Outcome(False, EXPIRED_BEFORE_DELIVERY)))
-                elif not decision.send:
-                    decided.append((_Row(r.id, key), decision))
+                decision = decide(r.email, bool(r.emailNotifications), r.pointsExpiring)
+                if decision.send:
+                    decision = (
+                        recovery_decision(
+                            r.notificationType,
+                            row.key.days_left,
+                            self.settings.notify_tiers,
+                            left.get((r.userId, day), 0),
+                        )
+                        or decision
+                    )
+                if decision.send:
+                    resend.append(row)
                 else:
-                    resend.append(_Row(r.id, key))
+                    closed.append((row, decision))
             summary.resent += len(resend)
-            self._close_pending(summary, decided)
-            self._settle(summary, closed)
+            self._close_pending(summary, closed)
             self._deliver(summary, resend, sender, loop)
 
     def _close_pending(self, summary: JobSummary, decided: Sequence[tuple[_Row, Decision]]) -> None:
-        """Settle unsent the interrupted rows whose member has since opted out or lost the email."""
+        """Settle unsent the interrupted rows that no longer fit sending, with the reason."""
         rows = [
             {"b_id": row.id, "b_status": d.status.value, "b_reason": d.reason} for row, d in decided
         ]

@@ -9,6 +9,11 @@ HTML part is autoescaped so a member's name cannot inject markup.
 Headers are derived from the log row, never from the moment of sending, where it
 matters: the ``Message-ID`` is ``<{log_id}@{sender domain}>``, so re-sending a row
 left ``PENDING`` by a crash produces the same id and receivers can deduplicate.
+
+Both links in an email are signed member links (:mod:`rewards.members.links`): the
+balance link opens the member's own page, the unsubscribe link stops the emails,
+and neither works as the other. ``List-Unsubscribe`` is only the HTTPS one-click
+URL (RFC 8058): no mailto, since nothing reads that mailbox.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from email.policy import default as default_policy
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import jinja2
 
 from rewards.config import Settings
-from rewards.notifications.unsubscribe import make_token, unsubscribe_url
+from rewards.members.links import LinkPurpose, link_url, make_link_token
+from rewards.templating import strict_environment
 
 TEMPLATE_NAMES: Mapping[str, str] = {
     "subject": "reminder.subject.j2",
@@ -89,6 +94,11 @@ def format_date(day: date) -> str:
     return f"{_WEEKDAYS[day.weekday()]} {day.day} {_MONTHS[day.month - 1]} {day.year}"
 
 
+def sender_name(email_from: str) -> str:
+    """The programme's name as members see it: the sender's display name, or ``"Rewards"``."""
+    return parseaddr(email_from)[0] or "Rewards"
+
+
 class _UriListHeader(UnstructuredHeader, BaseHeader):
     """A ``List-Unsubscribe`` header folded only between its ``<uri>`` items.
 
@@ -113,19 +123,12 @@ POLICY = _policy()
 
 
 def create_environment(templates_dir: Path | None) -> jinja2.Environment:
-    """The one Jinja2 environment: an operator's folder first, then the shipped templates."""
+    """The emails' environment: an operator's folder first, then the shipped templates."""
     loaders: list[jinja2.BaseLoader] = []
     if templates_dir is not None:
         loaders.append(jinja2.FileSystemLoader(templates_dir))
     loaders.append(jinja2.PackageLoader("rewards.notifications", "templates"))
-    return jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    return strict_environment(loaders)
 
 
 def _utc_now() -> datetime:
@@ -137,17 +140,15 @@ class MessageBuilder:
 
     Templates are loaded when the builder is made, so a missing or malformed one
     stops the run before anything is sent. ``clock`` dates the ``Date`` header and
-    the unsubscribe token.
+    the signed links.
     """
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = _utc_now) -> None:
         self._env = create_environment(settings.templates_dir)
         self._templates = {part: self._load(name) for part, name in TEMPLATE_NAMES.items()}
         self._from = settings.email_from
-        sender_name, sender_address = parseaddr(settings.email_from)
-        self._sender_name = sender_name or "Rewards"
-        local, _, domain = sender_address.rpartition("@")
-        self._sender_address = sender_address if local and domain else None
+        self._sender_name = sender_name(settings.email_from)
+        local, _, domain = parseaddr(settings.email_from)[1].rpartition("@")
         self._domain = domain if local and domain else DEFAULT_MESSAGE_ID_DOMAIN
         self._public_url = settings.public_url.rstrip("/")
         self._secret = settings.secret_key.get_secret_value()
@@ -170,8 +171,13 @@ class MessageBuilder:
         """``<{log_id}@{domain}>``: the same for every send of one log row."""
         return f"<{log_id}@{self._domain}>"
 
-    def context(self, reminder: Reminder, token: str) -> dict[str, Any]:
-        """The values a template may use."""
+    def _link(self, purpose: LinkPurpose, user_id: str, now: datetime) -> str:
+        """The member's signed link for ``purpose``, issued at ``now``."""
+        token = make_link_token(self._secret, purpose, user_id, now=now)
+        return link_url(self._public_url, purpose, token)
+
+    def context(self, reminder: Reminder, now: datetime) -> dict[str, Any]:
+        """The values a template may use; the links in it are signed at ``now``."""
         name = " ".join(reminder.name.split()) if reminder.name else None
         return {
             "name": name or None,
@@ -184,9 +190,8 @@ class MessageBuilder:
             "days_left": reminder.days_left,
             "when": when_phrase(reminder.days_left),
             "notification_type": reminder.notification_type,
-            "balance_url": f"{self._public_url}/users/{quote(reminder.user_id, safe='')}"
-            "/expiring-points",
-            "unsubscribe_url": unsubscribe_url(self._public_url, token),
+            "balance_url": self._link(LinkPurpose.BALANCE, reminder.user_id, now),
+            "unsubscribe_url": self._link(LinkPurpose.UNSUBSCRIBE, reminder.user_id, now),
             "sender_name": self._sender_name,
             "public_url": self._public_url,
         }
@@ -195,8 +200,7 @@ class MessageBuilder:
         """The email for ``reminder``; raises :class:`MessageTemplateError` or
         :class:`InvalidRecipient`, never sends anything."""
         now = self._clock()
-        token = make_token(self._secret, reminder.user_id, now=now)
-        context = self.context(reminder, token)
+        context = self.context(reminder, now)
         subject = " ".join(self._render("subject", context).split())
         text = self._render("text", context)
         html = self._render("html", context)
@@ -210,10 +214,7 @@ class MessageBuilder:
         message["Subject"] = subject
         message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
         message["Message-ID"] = self.message_id(reminder.log_id)
-        unsubscribe = f"<{context['unsubscribe_url']}>"
-        if self._sender_address:
-            unsubscribe += f", <mailto:{self._sender_address}?subject=unsubscribe-{token}>"
-        message["List-Unsubscribe"] = unsubscribe
+        message["List-Unsubscribe"] = f"<{context['unsubscribe_url']}>"
         message["List-Unsubscribe-Post"] = ONE_CLICK
         message["X-Rewards-Notification"] = reminder.log_id
         message.set_content(text)

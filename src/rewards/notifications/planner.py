@@ -13,7 +13,8 @@ plain timestamps and daylight-saving days have their true length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -217,3 +218,37 @@ def plan_due_notifications(
             )
             for row in partition
         ]
+
+
+def points_left_on_dates(
+    conn: Connection, keys: Iterable[tuple[str, date]], *, as_of: datetime, zone: ZoneInfo
+) -> dict[tuple[str, date], int]:
+    """What is still to expire after ``as_of`` for each (member, calendar date) asked about.
+
+    One query for all the keys: the remainders of the members' credits expiring
+    between ``as_of`` and the end of the latest date, summed per member and date.
+    """
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    until = local_midnight_utc(max(day for _, day in wanted) + timedelta(days=1), zone)
+    until -= timedelta(milliseconds=1)
+    if until <= as_of:
+        return {}
+    accounts = (
+        select(A.c.id.label("accountId"))
+        .where(A.c.userId.in_(sorted({user for user, _ in wanted})))
+        .subquery("member_accounts")
+    )
+    remaining = live_remainders(accounts, as_of, until).subquery("remaining")
+    rows = conn.execute(
+        select(A.c.userId, remaining.c.expiresAt, remaining.c.remaining).join(
+            A, A.c.id == remaining.c.accountId
+        )
+    )
+    left: dict[tuple[str, date], int] = defaultdict(int)
+    for user_id, expires_at, points in rows:
+        key = (user_id, local_date(expires_at, zone))
+        if key in wanted:
+            left[key] += int(points)
+    return dict(left)

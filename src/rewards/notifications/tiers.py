@@ -27,6 +27,10 @@ OPTED_OUT = "user opted out"
 MISSING_EMAIL = "missing email"
 INVALID_FORMAT = "invalid format"
 TOO_MANY_POINTS = "too many points"
+EXPIRED_BEFORE_DELIVERY = "points expired before the reminder could be sent"
+NOTHING_LEFT = "no points left to expire"
+SUPERSEDED = "superseded"
+NO_TIER_DUE = "no reminder is due that far ahead"
 
 POINTS_EXPIRING_MAX = 2**31 - 1
 """The most ``NotificationLog.pointsExpiring`` (the seed's ``INTEGER``) can hold."""
@@ -96,3 +100,26 @@ def decide(email: str | None, email_notifications: bool, points: int) -> Decisio
             f" holds ({POINTS_EXPIRING_MAX:,})",
         )
     return SEND
+
+
+def recovery_decision(
+    notification_type_sent: str, days_left: int, tiers: Sequence[int], points_left: int
+) -> Decision | None:
+    """For a reminder a crash interrupted: None to send it again, or how to close it.
+
+    ``days_left`` counts from the run date now; ``points_left`` is what is still to
+    expire on that date after the run's instant. A reminder is only worth re-sending
+    while it says what is true: its points have not expired or been spent, and its
+    tier is still the one due (otherwise this run plans the tier due now, and the
+    member gets that one, never both).
+    """
+    if points_left <= 0:
+        if days_left <= 0:
+            return Decision(Status.FAILED, EXPIRED_BEFORE_DELIVERY)
+        return Decision(Status.SKIPPED, NOTHING_LEFT)
+    due = tier_due(days_left, tiers)
+    if due is None:  # the tiers were changed since: none is due that far ahead
+        return Decision(Status.SKIPPED, NO_TIER_DUE)
+    if notification_type(due) != notification_type_sent:
+        return Decision(Status.SKIPPED, f"{SUPERSEDED} by {notification_type(due)}")
+    return None
