@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,20 +20,23 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 
 from rewards.clock import utcnow
 from rewards.config import Settings, load_settings
 from rewards.ids import new_id
-from rewards.models import NotificationJobRun
+from rewards.ledger import service
+from rewards.models import Account, NotificationJobRun, NotificationLog, User
 from rewards.notifications.job import CheckExpiringPointsJob
-from rewards.notifications.schedule import scheduled_time
+from rewards.notifications.schedule import latest_fire, scheduled_time
 from rewards.notifications.scheduler import (
     JOB_ID,
     MISFIRE_GRACE_SECONDS,
     build_scheduler,
     missed_today,
+    run_scheduled,
 )
+from tests.process_helpers import wait_until
 
 PARIS = ZoneInfo("Europe/Paris")
 DAY = date(2025, 3, 3)
@@ -190,6 +194,68 @@ def test_the_scheduler_runs_the_job_on_the_cron_in_the_programme_time_zone(
     assert now_in_paris < next_run <= now_in_paris + timedelta(days=1)
 
 
+def scheduler_runs(engine: Engine) -> list[tuple[str, datetime]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(NotificationJobRun.status, NotificationJobRun.asOf).where(
+                NotificationJobRun.trigger == "scheduler"
+            )
+        ).all()
+    return [(r.status, r.asOf) for r in rows]
+
+
+def test_when_the_cron_fires_the_job_runs_as_of_that_fire(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        database_url=database_url,
+        notify_cron="0 0 * * *",
+        timezone="Europe/Paris",
+        email_backend="file",
+        outbox_dir=tmp_path / "outbox",
+    )
+    scheduler = build_scheduler(engine, settings, catch_up=False)
+    scheduler.start()
+    try:
+        # Bring the next fire forward: the scheduler itself runs the job it was given.
+        scheduler.get_job(JOB_ID).modify(next_run_time=datetime.now(PARIS) + timedelta(seconds=0.2))
+        assert wait_until(lambda: bool(scheduler_runs(engine)), timeout=20)
+    finally:
+        scheduler.shutdown(wait=True)
+    [(status, as_of)] = scheduler_runs(engine)
+    assert status == "SUCCEEDED"
+    assert as_of == latest_fire(utcnow(), "0 0 * * *", PARIS)  # the latest midnight in Paris
+
+
+def test_a_fire_delayed_past_midnight_runs_as_of_its_own_scheduled_time(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    # Fired for 23:30 on 3 March, run at 00:10 on 4 March: still 3 March's run. Points
+    # expiring at 15:00 on 4 March are due their 1-day reminder in that run; a run as of
+    # 4 March's own 23:30 would count them as gone and the reminder would be lost.
+    settings = load_settings(
+        database_url=database_url,
+        notify_cron="30 23 * * *",
+        email_backend="file",
+        outbox_dir=tmp_path / "outbox",
+    )
+    with engine.begin() as conn:
+        conn.execute(insert(User).values(id="ann", email="ann@example.com", name="Ann"))
+        conn.execute(insert(Account).values(id="ann-1", userId="ann"))
+        service.earn(
+            conn, "ann-1", 100, as_of=datetime(2025, 2, 1), expires_at=datetime(2025, 3, 4, 15)
+        )
+    run_scheduled(engine, settings, clock=lambda: datetime(2025, 3, 4, 0, 10))
+    assert scheduler_runs(engine) == [("SUCCEEDED", datetime(2025, 3, 3, 23, 30))]
+    with engine.connect() as conn:
+        logged = conn.execute(
+            select(NotificationLog.notificationType, NotificationLog.status)
+        ).all()
+    assert [tuple(r) for r in logged] == [("EXPIRATION_1_DAY", "SENT")]
+    [email] = (tmp_path / "outbox").glob("*.eml")
+    assert "expire tomorrow" in email.read_text()
+
+
 def test_the_scheduler_catches_up_when_todays_run_was_missed(
     engine: Engine, database_url: str
 ) -> None:
@@ -208,3 +274,23 @@ def test_the_scheduler_does_not_catch_up_when_today_already_ran(
     record_run(engine, utcnow(), "SUCCEEDED")
     with started_paused(engine, settings_for(database_url, cron="0 0 * * *")) as scheduler:
         assert set(jobs_by_id(scheduler)) == {JOB_ID}
+
+
+@pytest.mark.parametrize(
+    ("now", "cron", "zone", "expected"),
+    [
+        (datetime(2025, 3, 4, 0, 10), "30 23 * * *", "UTC", datetime(2025, 3, 3, 23, 30)),
+        (datetime(2025, 3, 3, 9, 0), "0 9 * * *", "UTC", datetime(2025, 3, 3, 9, 0)),
+        (datetime(2025, 3, 3, 8, 59), "0 9 * * *", "UTC", datetime(2025, 3, 2, 9, 0)),
+        # Monday 3 March 2025, before nine: the last weekday fire was Friday's.
+        (datetime(2025, 3, 3, 8, 0), "0 9 * * 1-5", "UTC", datetime(2025, 2, 28, 9, 0)),
+        (datetime(2025, 3, 3, 8, 0), "0 9 1 1 *", "UTC", datetime(2025, 1, 1, 9, 0)),
+        # The night Paris moves its clocks forward (30 March 2025), 09:00 local is 07:00 UTC.
+        (datetime(2025, 3, 30, 7, 30), "0 9 * * *", "Europe/Paris", datetime(2025, 3, 30, 7, 0)),
+        (datetime(2025, 3, 30, 6, 30), "0 9 * * *", "Europe/Paris", datetime(2025, 3, 29, 8, 0)),
+    ],
+)
+def test_the_latest_fire_is_the_rules_last_fire_at_or_before_now(
+    now: datetime, cron: str, zone: str, expected: datetime
+) -> None:
+    assert latest_fire(now, cron, ZoneInfo(zone)) == expected

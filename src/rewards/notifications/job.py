@@ -115,6 +115,13 @@ class CheckExpiringPointsJob:
             )
         if dry_run:
             return self._preview(as_of)
+        return self.run_at(as_of, trigger=trigger)
+
+    def run_at(self, as_of: datetime, *, trigger: str) -> JobSummary:
+        """The real run as of the instant ``as_of``: now, a scheduled fire time, or a day's.
+
+        Expiry never runs ahead of the real clock, whatever ``as_of`` says.
+        """
         require_own_secret_to_send(self.settings)
         with job_lock(self.engine):
             return self._run(as_of, trigger)

@@ -7,7 +7,7 @@ day-of-week field so ``1-5`` means Monday to Friday, as an operator expects.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
@@ -80,3 +80,26 @@ def fire_time_on(day: date, expression: str, zone: ZoneInfo) -> datetime | None:
 def scheduled_time(day: date, expression: str, zone: ZoneInfo) -> datetime:
     """The job's clock for a run as of ``day``: its fire time, or the day's start if none."""
     return fire_time_on(day, expression, zone) or local_midnight_utc(day, zone)
+
+
+_LOOK_BACK = (timedelta(days=1), timedelta(days=8), timedelta(days=32), timedelta(days=367))
+
+
+def latest_fire(now: datetime, expression: str, zone: ZoneInfo) -> datetime | None:
+    """The rule's last fire time at or before ``now`` (naive UTC in, naive UTC out).
+
+    This is the fire a scheduler is running when it runs late, so a run delayed past
+    midnight is still the run of the day it was scheduled for, not of the next one.
+    Looks back up to a year (the longest a five-field rule can wait between fires).
+    """
+    trigger = cron_trigger(expression, zone)
+    until = now.replace(tzinfo=UTC)
+    for span in _LOOK_BACK:
+        latest: datetime | None = None
+        fire = trigger.get_next_fire_time(None, until - span)
+        while fire is not None and fire <= until:
+            latest = fire
+            fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        if latest is not None:
+            return utc_naive(latest)
+    return None

@@ -20,7 +20,7 @@ from rewards.models import NotificationJobRun
 from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.locking import JobAlreadyRunning
 from rewards.notifications.runs import RunStatus
-from rewards.notifications.schedule import cron_trigger, fire_time_on
+from rewards.notifications.schedule import cron_trigger, fire_time_on, latest_fire
 
 log = logging.getLogger("rewards.notifications.scheduler")
 
@@ -31,10 +31,15 @@ MISFIRE_GRACE_SECONDS = 6 * 3600
 def run_scheduled(
     engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow
 ) -> None:
-    """One scheduled run, as of today's scheduled time; a concurrent run elsewhere is fine."""
-    today = local_date(clock(), settings.zone)
+    """One scheduled run, as of the fire it runs for; a concurrent run elsewhere is fine.
+
+    A fire that runs late (a busy machine, a process paused over midnight) is still
+    the run of its own scheduled time, the rule's latest fire at or before now.
+    """
+    now = clock()
+    fire = latest_fire(now, settings.notify_cron, settings.zone) or now
     try:
-        CheckExpiringPointsJob(engine, settings, clock=clock).run(day=today, trigger="scheduler")
+        CheckExpiringPointsJob(engine, settings, clock=clock).run_at(fire, trigger="scheduler")
     except JobAlreadyRunning as exc:
         log.info("[%s] %s", JOB_ID, exc)
     except Exception:
