@@ -260,6 +260,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/admin/notifications/stats"),
     ("get", "/admin/job-runs"),
     ("post", "/admin/jobs/check-expiring-points"),
+    ("get", "/balance"),
     ("get", "/unsubscribe"),
     ("post", "/unsubscribe"),
     ("get", "/healthz"),

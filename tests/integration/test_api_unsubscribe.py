@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from rewards.notifications.unsubscribe import make_token
+from rewards.members.links import LinkPurpose, make_link_token
 from tests.integration.api_server import (
     SECRET_KEY,
     LiveApi,
@@ -49,6 +49,11 @@ def one_click(api: LiveApi, token: str, **headers: str) -> httpx.Response:
     return api.anonymous.post(
         "/unsubscribe", params={"token": token}, content=ONE_CLICK, headers={**FORM, **headers}
     )
+
+
+def make_token(secret: str, user_id: str, *, now: datetime | None = None) -> str:
+    """An unsubscribe link's token."""
+    return make_link_token(secret, LinkPurpose.UNSUBSCRIBE, user_id, now=now)
 
 
 class FormReader(HTMLParser):
@@ -214,7 +219,7 @@ def test_unsubscribing_does_not_hold_up_other_requests_while_it_waits_for_the_da
 
 
 def unsubscribe_url(message: EmailMessage) -> str:
-    """The https?:// URL of a ``List-Unsubscribe`` header (the other entry is a mailto:)."""
+    """The one https?:// URL of a ``List-Unsubscribe`` header."""
     header = " ".join(str(message["List-Unsubscribe"]).split())
     [url] = re.findall(r"<(https?://[^>]+)>", header)
     return str(url)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from rewards.config import Settings
+from rewards.members.links import InvalidLinkToken, LinkPurpose, read_link_token
 from rewards.notifications.messages import (
     InvalidRecipient,
     MessageBuilder,
@@ -29,7 +30,6 @@ from rewards.notifications.messages import (
     format_points,
     when_phrase,
 )
-from rewards.notifications.unsubscribe import read_token
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("REWARDS_UPDATE_GOLDEN") == "1"
@@ -160,14 +160,39 @@ def test_dates_are_written_out_in_english() -> None:
 
 def test_body_says_name_points_date_wording_and_links() -> None:
     message = build(ADA)
-    balance = "https://rewards.example.com/users/cuser000000000000000000001/expiring-points"
     for body in (text_of(message), html_of(message)):
         assert "Hi Ada Lovelace," in body
         assert "1,250 points" in body
         assert "Friday 4 December 2026" in body
         assert "in 7 days" in body
-        assert balance in body
+        assert "https://rewards.example.com/balance?token=" in body
         assert "https://rewards.example.com/unsubscribe?token=" in body
+
+
+def tokens_in(body: str, path: str) -> set[str]:
+    return set(re.findall(rf"https://rewards\.example\.com/{path}\?token=([\w.-]+)", body))
+
+
+@pytest.mark.parametrize("part", ["text", "html"])
+def test_the_balance_link_is_the_members_own_signed_balance_link(part: str) -> None:
+    """Not the API route that needs a bearer token: a link the member can open."""
+    message = build(ADA)
+    body = text_of(message) if part == "text" else html_of(message)
+    assert "/users/" not in body
+    [token] = tokens_in(body, "balance")
+    assert read_link_token(SECRET, LinkPurpose.BALANCE, token, now=NOW) == ADA.user_id
+    with pytest.raises(InvalidLinkToken):
+        read_link_token(SECRET, LinkPurpose.UNSUBSCRIBE, token, now=NOW)
+
+
+@pytest.mark.parametrize("part", ["text", "html"])
+def test_the_unsubscribe_link_cannot_open_the_balance_page(part: str) -> None:
+    message = build(ADA)
+    body = text_of(message) if part == "text" else html_of(message)
+    [token] = tokens_in(body, "unsubscribe")
+    assert read_link_token(SECRET, LinkPurpose.UNSUBSCRIBE, token, now=NOW) == ADA.user_id
+    with pytest.raises(InvalidLinkToken):
+        read_link_token(SECRET, LinkPurpose.BALANCE, token, now=NOW)
 
 
 def test_a_member_without_a_name_gets_a_neutral_greeting() -> None:
@@ -222,16 +247,25 @@ def test_notification_header_names_the_log_row() -> None:
     assert build(ADA)["X-Rewards-Notification"] == ADA.log_id
 
 
-def test_list_unsubscribe_has_the_signed_url_and_a_mailto() -> None:
-    message = build(ADA)
-    items = re.findall(r"<([^>]*)>", message["List-Unsubscribe"])
-    assert len(items) == 2
-    url, mailto = items
-    prefix = "https://rewards.example.com/unsubscribe?token="
+@pytest.mark.parametrize(
+    ("public_url", "email_from"),
+    [
+        ("https://rewards.example.com", "Acme Rewards <rewards@acme.example>"),
+        ("http://127.0.0.1:8000", "rewards@localhost"),
+        ("https://rewards.example.com", "rewards"),
+    ],
+)
+def test_list_unsubscribe_is_only_the_one_click_url(public_url: str, email_from: str) -> None:
+    """RFC 8058: the one URI is the HTTP(S) URL the POST goes to; no mailto that nobody reads."""
+    message = build(ADA, public_url=public_url, email_from=email_from)
+    header = str(message["List-Unsubscribe"])
+    assert "mailto:" not in header
+    [url] = re.findall(r"<([^>]*)>", header)
+    assert header == f"<{url}>"
+    prefix = f"{public_url}/unsubscribe?token="
     assert url.startswith(prefix)
     token = url.removeprefix(prefix)
-    assert read_token(SECRET, token, now=NOW) == ADA.user_id
-    assert mailto == f"mailto:rewards@acme.example?subject=unsubscribe-{token}"
+    assert read_link_token(SECRET, LinkPurpose.UNSUBSCRIBE, token, now=NOW) == ADA.user_id
 
 
 def test_list_unsubscribe_post_is_one_click() -> None:

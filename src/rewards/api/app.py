@@ -15,11 +15,13 @@ from sqlalchemy import Engine
 from rewards import __version__
 from rewards.api import errors
 from rewards.api.limits import BodySizeLimit
-from rewards.api.routes import accounts, admin, health, members, unsubscribe
+from rewards.api.pages import Pages
+from rewards.api.routes import accounts, admin, balance, health, members, unsubscribe
 from rewards.api.schemas import Problem, problem_responses
 from rewards.config import Settings
 from rewards.db import create_db_engine
 from rewards.metrics import build_registry
+from rewards.notifications.messages import sender_name
 
 log = logging.getLogger("rewards.api")
 
@@ -29,7 +31,8 @@ before they lose them.
 
 * Client endpoints (`/users`, `/accounts`) take `Authorization: Bearer <REWARDS_API_TOKEN>`.
 * Operator endpoints (`/admin`) take `Authorization: Bearer <REWARDS_ADMIN_TOKEN>`.
-* `/unsubscribe` needs no header: the signed token in the link is the credential.
+* Member pages (`/balance`, `/unsubscribe`), opened from the links in the reminder emails,
+  need no header: the signed token in the link is the credential.
 
 Timestamps are ISO 8601; one without a time zone is read as UTC. Errors are
 `application/problem+json` (RFC 9457).
@@ -69,9 +72,10 @@ def create_app(
     app.state.settings = settings
     app.state.engine = db
     app.state.metrics = build_registry(db)
+    app.state.pages = Pages(programme=sender_name(settings.email_from))
     errors.install(app)
     app.add_middleware(BodySizeLimit)
-    for module in (members, accounts, admin, unsubscribe, health):
+    for module in (members, accounts, admin, balance, unsubscribe, health):
         app.include_router(module.router, responses=problem_responses(503))
 
     def openapi() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from sqlalchemy import Connection, Engine
 
+from rewards.api.pages import Pages
 from rewards.config import Settings
 
 
@@ -24,8 +25,14 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
+def get_pages(request: Request) -> Pages:
+    pages: Pages = request.app.state.pages
+    return pages
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+PagesDep = Annotated[Pages, Depends(get_pages)]
 
 
 def transaction(engine: EngineDep) -> Iterator[Connection]:
