@@ -34,6 +34,9 @@ SECRET_KEY = "process-tests-secret-key"
 
 EARN_SQL = """INSERT INTO "PointLedger" ("id", "accountId", "entryType", "credit", "expiresAt")
 VALUES (:id, :account, 'EARN', :credit, :expires)"""
+EARN_AT_SQL = """INSERT INTO "PointLedger"
+("id", "accountId", "entryType", "credit", "createdAt", "expiresAt")
+VALUES (:id, :account, 'EARN', :credit, :created, :expires)"""
 
 
 def rewards_env(
@@ -191,38 +194,62 @@ class Shop:
                 )
         return user_id
 
-    def earn(self, user_id: str, points: int, expires_at: datetime | None) -> str:
-        """A new account for ``user_id`` credited with ``points``; returns the account id."""
+    def earn(
+        self,
+        user_id: str,
+        points: int,
+        expires_at: datetime | None,
+        *,
+        earned_at: datetime | None = None,
+    ) -> str:
+        """A new account for ``user_id`` credited with ``points``; returns the account id.
+
+        The credit's ``createdAt`` is the database's default (now) unless ``earned_at``.
+        """
         self._accounts += 1
         account_id = f"{user_id}-acct-{self._accounts}"
+        values = {
+            "id": f"{account_id}-earn",
+            "account": account_id,
+            "credit": points,
+            "expires": None if expires_at is None else sql_timestamp(expires_at),
+        }
         with self.engine.begin() as conn:
             conn.execute(
                 text('INSERT INTO "Account" ("id", "userId") VALUES (:id, :user)'),
                 {"id": account_id, "user": user_id},
             )
-            conn.execute(
-                text(EARN_SQL),
-                {
-                    "id": f"{account_id}-earn",
-                    "account": account_id,
-                    "credit": points,
-                    "expires": None if expires_at is None else sql_timestamp(expires_at),
-                },
-            )
+            if earned_at is None:
+                conn.execute(text(EARN_SQL), values)
+            else:
+                conn.execute(text(EARN_AT_SQL), {**values, "created": sql_timestamp(earned_at)})
         return account_id
 
     def members_with_points(
-        self, user_ids: Sequence[str], points: int, expires_at: datetime
+        self,
+        user_ids: Sequence[str],
+        points: int,
+        expires_at: datetime,
+        *,
+        earned_at: datetime | None = None,
     ) -> list[str]:
         """Many members, each with one account and one credit; their email is ``{id}@example.com``.
 
-        One statement per table (executemany), as a bulk import would do it.
+        One statement per table (executemany), as a bulk import would do it. The
+        credits' ``createdAt`` is the database's default (now) unless ``earned_at``.
         """
         users = [{"id": u, "email": email_of(u), "name": f"Member {u}"} for u in user_ids]
         accounts = [{"id": f"{u}-acct", "user": u} for u in user_ids]
         expires = sql_timestamp(expires_at)
+        created = {} if earned_at is None else {"created": sql_timestamp(earned_at)}
         credits = [
-            {"id": f"{u}-earn", "account": f"{u}-acct", "credit": points, "expires": expires}
+            {
+                "id": f"{u}-earn",
+                "account": f"{u}-acct",
+                "credit": points,
+                "expires": expires,
+                **created,
+            }
             for u in user_ids
         ]
         with self.engine.begin() as conn:
@@ -233,10 +260,7 @@ class Shop:
             conn.execute(
                 text('INSERT INTO "Account" ("id", "userId") VALUES (:id, :user)'), accounts
             )
-            conn.execute(
-                text(EARN_SQL),
-                credits,
-            )
+            conn.execute(text(EARN_SQL if earned_at is None else EARN_AT_SQL), credits)
         return list(user_ids)
 
 

@@ -2,9 +2,12 @@
 
 About a year of activity per member: monthly purchases earning points that
 expire a year later, occasional promotional points with a short life, a few
-never-expiring goodwill adjustments, and redemptions that spend earliest-expiring
-points first. Expirations that fell due before a redemption are posted first,
-as the ledger does; the rest are left for the daily job to post.
+never-expiring goodwill adjustments, and redemptions. Spending is chronological,
+as the ledger's: a redemption at ``t`` uses only the lots that exist and have not
+expired at ``t``, earliest-expiring first, and never more than they hold.
+Expirations that fell due before a redemption are posted first (what was left of
+the lots expiring at that instant), as the ledger does; the rest are left for the
+daily job to post.
 
 The generator is pure (seeded ``random.Random``, the clock passed in); loading
 is one bulk insert per table.
@@ -19,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from rewards.ledger.rules import Credit, available, due_expirations
+from rewards.ledger.lots import Lot, allocate
 from rewards.models import Account, PointLedger, User
 
 FIRST_NAMES = [
@@ -88,6 +91,17 @@ LAST_NAMES = [
 MALFORMED_EMAILS = ("not-an-email", "jane@", "@example.com", "bob@@example.com", "a b@example.com")
 
 
+def _post_expired(lots: list[Lot], moment: datetime) -> list[tuple[datetime, int]]:
+    """Record the expiry of the lots expired by ``moment``: what was left, per instant."""
+    expired: dict[datetime, int] = {}
+    for lot in lots:
+        if lot.expires_at is not None and lot.expires_at <= moment and not lot.expired:
+            lot.expired = True
+            if lot.remaining:
+                expired[lot.expires_at] = expired.get(lot.expires_at, 0) + lot.remaining
+    return sorted(expired.items())
+
+
 @dataclass
 class Programme:
     users: list[dict[str, Any]] = field(default_factory=list)
@@ -147,8 +161,7 @@ def _account_activity(
             events.append((day + timedelta(days=rng.randint(1, 20)), "REDEEM", 0, None))
         day += timedelta(days=rng.randint(20, 40), minutes=rng.randint(0, 600))
 
-    credits: list[Credit] = []
-    debits = 0
+    lots: list[Lot] = []
     rows: list[dict[str, Any]] = []
     for moment, kind, points, expires_at in sorted(events, key=lambda e: e[0]):
         if moment >= now:
@@ -162,11 +175,11 @@ def _account_activity(
                 credit=points,
                 expires_at=expires_at,
             )
-            credits.append(Credit(row["id"], points, moment, expires_at))
+            lots.append(Lot(row["id"], points, points, moment, expires_at))
             rows.append(row)
             continue
         # As the ledger does: post what expired before this redemption, then spend.
-        for instant, expired in sorted(due_expirations(credits, debits, moment).items()):
+        for instant, expired in _post_expired(lots, moment):
             rows.append(
                 _row(
                     f"{account_id}-{len(rows):04d}",
@@ -178,22 +191,20 @@ def _account_activity(
                     description="Points expired",
                 )
             )
-            debits += expired
-        spendable = available(credits, debits, moment)
+        spendable = sum(lot.remaining for lot in lots if lot.spendable_at(moment))
         if spendable < 50:
             continue
         spend = rng.randint(50, max(50, spendable // 2)) // 10 * 10
-        rows.append(
-            _row(
-                f"{account_id}-{len(rows):04d}",
-                account_id,
-                "REDEEM",
-                moment,
-                debit=spend,
-                description="Reward redeemed",
-            )
+        row = _row(
+            f"{account_id}-{len(rows):04d}",
+            account_id,
+            "REDEEM",
+            moment,
+            debit=spend,
+            description="Reward redeemed",
         )
-        debits += spend
+        allocate(lots, row["id"], spend, moment)  # never short: spend <= spendable
+        rows.append(row)
     return rows
 
 

@@ -37,6 +37,9 @@ EXPIRE_ENTRY_SQL = text("\"entryType\" = 'EXPIRE'")
 """Predicates of partial indexes, as SQL text: an ``ON CONFLICT`` target naming such an
 index must carry its predicate as constants, never as bound parameters (a prepared
 statement's generic plan cannot infer the index from a parameter)."""
+LIVE_LOT_SQL = text('"remaining" > 0 AND NOT "expired"')
+"""Lots with points left whose expiry is not yet recorded: the partial indexes of ``PointLot``.
+Queries that should use those indexes spell the predicate with this same text."""
 NOW = text("CURRENT_TIMESTAMP")
 
 
@@ -244,3 +247,120 @@ class NotificationJobRun(Base):
     error: Mapped[str | None] = mapped_column("error", Text)
     abandonedAt: Mapped[datetime | None] = mapped_column("abandonedAt", Timestamp)
     """When a later run noticed that the process running this one had died."""
+
+
+# -- the lot projection: derived from PointLedger, rebuilt from it at will ---------------------
+#
+# No foreign keys: other applications may delete ledger rows or accounts, and a replay of
+# the account then brings the projection back in line; it must never block their writes.
+
+
+class PointLot(Base):
+    """One lot per credit: what is left of it and when it expires.
+
+    ``remaining`` is the credit less what debits consumed (spending is chronological:
+    see :mod:`rewards.ledger.lots`). Once the lot's expiry is recorded (an ``EXPIRE``
+    entry exists for its account and ``expiresAt``), ``expired`` is true and
+    ``remaining`` is what expired.
+    """
+
+    __tablename__ = "PointLot"
+    __table_args__ = (
+        Index("PointLot_accountId_createdAt_idx", "accountId", "createdAt", "id"),
+        Index(
+            "PointLot_live_account_idx",
+            "accountId",
+            "expiresAt",
+            postgresql_include=["remaining", "createdAt"],
+            postgresql_where=LIVE_LOT_SQL,
+            sqlite_where=LIVE_LOT_SQL,
+        ),
+        Index(
+            "PointLot_live_expiresAt_idx",
+            "expiresAt",
+            postgresql_include=["accountId", "remaining"],
+            postgresql_where=LIVE_LOT_SQL,
+            sqlite_where=LIVE_LOT_SQL,
+        ),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    """The id of the credit's ``PointLedger`` row."""
+    accountId: Mapped[str] = mapped_column("accountId", Text)
+    credited: Mapped[int] = mapped_column("credited", Integer)
+    remaining: Mapped[int] = mapped_column("remaining", Integer)
+    createdAt: Mapped[datetime] = mapped_column("createdAt", Timestamp)
+    expiresAt: Mapped[datetime | None] = mapped_column("expiresAt", Timestamp)
+    expired: Mapped[bool] = mapped_column("expired", Boolean, server_default=text("false"))
+
+
+class PointAllocation(Base):
+    """How many points of which lot one debit consumed: "which points did it spend?"."""
+
+    __tablename__ = "PointAllocation"
+    __table_args__ = (Index("PointAllocation_accountId_idx", "accountId"),)
+
+    debitId: Mapped[str] = mapped_column("debitId", Text, primary_key=True)
+    lotId: Mapped[str] = mapped_column("lotId", Text, primary_key=True)
+    accountId: Mapped[str] = mapped_column("accountId", Text)
+    points: Mapped[int] = mapped_column("points", Integer)
+
+
+class LedgerAnomaly(Base):
+    """Something in the ledger the rules cannot honour, found when its account was replayed.
+
+    ``SHORTFALL``: a debit larger than what its account had at its instant (only rows
+    written by another application can be); ``points`` is what it could not take, and
+    is never taken from lots earned later. ``EXPIRY_TOO_LARGE``: the points expiring
+    at one instant exceed what one ledger entry holds; ``at`` is that instant.
+    """
+
+    __tablename__ = "LedgerAnomaly"
+    __table_args__ = (
+        Index("LedgerAnomaly_accountId_idx", "accountId"),
+        CheckConstraint(
+            "\"kind\" IN ('SHORTFALL', 'EXPIRY_TOO_LARGE')", name="LedgerAnomaly_kind_check"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
+    accountId: Mapped[str] = mapped_column("accountId", Text)
+    kind: Mapped[str] = mapped_column("kind", Text)
+    entryId: Mapped[str | None] = mapped_column("entryId", Text)
+    points: Mapped[int] = mapped_column("points", BigInteger)
+    at: Mapped[datetime] = mapped_column("at", Timestamp)
+    detectedAt: Mapped[datetime] = mapped_column("detectedAt", Timestamp, server_default=NOW)
+
+
+class LedgerChange(Base):
+    """An account whose ledger rows another application wrote: its lots must be replayed.
+
+    Written by triggers on ``PointLedger`` (the service's own writes keep the projection
+    up to date themselves). ``since`` is the earliest ``createdAt`` an insert brought;
+    NULL when rows were updated or deleted, which always calls for a full replay.
+    """
+
+    __tablename__ = "LedgerChange"
+    __table_args__ = (
+        Index("LedgerChange_accountId_idx", "accountId"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    accountId: Mapped[str] = mapped_column("accountId", Text)
+    since: Mapped[datetime | None] = mapped_column("since", Timestamp)
+
+
+class LedgerSyncState(Base):
+    """Per account: the latest ``createdAt`` of the ledger rows its lots account for.
+
+    An insert after it can be applied on top of the lots; anything earlier needs a
+    replay of the account's history.
+    """
+
+    __tablename__ = "LedgerSyncState"
+
+    accountId: Mapped[str] = mapped_column("accountId", Text, primary_key=True)
+    syncedThrough: Mapped[datetime] = mapped_column("syncedThrough", Timestamp)

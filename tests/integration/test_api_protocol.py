@@ -256,6 +256,8 @@ EXPECTED_OPERATIONS = {
     ("post", "/accounts/{accountId}/earn"),
     ("post", "/accounts/{accountId}/redeem"),
     ("get", "/accounts/{accountId}/balance"),
+    ("get", "/accounts/{accountId}/lots"),
+    ("get", "/accounts/{accountId}/ledger"),
     ("get", "/admin/notifications"),
     ("get", "/admin/notifications/stats"),
     ("get", "/admin/job-runs"),

@@ -1,9 +1,16 @@
-"""The delivery guarantee under real processes: racing runs, and a run killed mid-send.
+"""The delivery guarantee under racing writers, and a run killed mid-send.
 
 At least once, no duplicates in normal operation: two ``rewards notify run``
-started together send each reminder once (the job lock, backed by the unique
-index on live rows), and a run killed with SIGKILL while sending is finished by
-the next run, re-sending only what was in flight, with the same ``Message-ID``.
+started together send each reminder once (the job lock), and a run killed with
+SIGKILL while sending is finished by the next run, re-sending only what was in
+flight, with the same ``Message-ID``.
+
+Behind the lock stands the partial unique index on live rows with
+``ON CONFLICT DO NOTHING``: when writers do race on the same keys (another
+instance wrote a key between this run's planning and writing, or two runs got
+past the lock), one live row per key is written and each reminder is sent once.
+Those races are staged in-process, at the moment a run writes its rows, on both
+databases (SQLite has one writer at a time: the second waits, then finds the rows).
 """
 
 from __future__ import annotations
@@ -11,19 +18,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import date, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select, text
 
+from rewards.config import Settings, load_settings
 from rewards.models import NotificationJobRun, NotificationLog
+from rewards.notifications import job as job_module
+from rewards.notifications.job import CheckExpiringPointsJob
+from rewards.notifications.runs import JobSummary
 from tests.process_helpers import (
     RUN_TIMEOUT,
     Shop,
@@ -31,6 +43,7 @@ from tests.process_helpers import (
     json_output,
     rewards_env,
     run_rewards,
+    sql_timestamp,
     started_rewards,
     wait_until,
 )
@@ -39,7 +52,10 @@ from tests.smtp_server import Behaviour, SmtpServer
 RUN_DAY = date(2025, 5, 12)
 AS_OF = RUN_DAY.isoformat()
 DUE = datetime(2025, 5, 19, 15, 0)  # seven days after RUN_DAY: every member is due one reminder
+DUE_DATE = "2025-05-19 00:00:00"  # its expirationDate
+EARNED = datetime(2025, 1, 6, 10, 0)  # every credit was earned before every run
 BATCH_SIZE = 20
+NOW = datetime(2030, 6, 1, 12, 0)  # the in-process runs' clock: RUN_DAY is in its past
 
 
 def recipient(message: EmailMessage) -> str:
@@ -86,14 +102,15 @@ def sent_row_ids(engine: Engine) -> dict[str, str]:
     return {email_of(user): row_id for user, row_id in rows}
 
 
-@pytest.mark.postgres_only
 def test_two_runs_started_together_send_each_reminder_exactly_once(
     engine: Engine,
     database_url: str,
     make_smtp_server: Callable[[Behaviour], SmtpServer],
     tmp_path: Path,
 ) -> None:
-    members = Shop(engine).members_with_points([f"m{n:03d}" for n in range(200)], 100, DUE)
+    members = Shop(engine).members_with_points(
+        [f"m{n:03d}" for n in range(200)], 100, DUE, earned_at=EARNED
+    )
     server = make_smtp_server(Behaviour(delay=0.01))
     env = rewards_env(database_url, server)
     command = ("notify", "run", "--as-of", AS_OF, "--json")
@@ -124,7 +141,9 @@ def test_a_run_killed_mid_send_is_finished_by_the_next_run_with_the_same_message
     make_smtp_server: Callable[[Behaviour], SmtpServer],
     tmp_path: Path,
 ) -> None:
-    members = Shop(engine).members_with_points([f"k{n:03d}" for n in range(100)], 100, DUE)
+    members = Shop(engine).members_with_points(
+        [f"k{n:03d}" for n in range(100)], 100, DUE, earned_at=EARNED
+    )
     server = make_smtp_server(Behaviour(delay=0.05))
     env = rewards_env(
         database_url,
@@ -176,3 +195,154 @@ def test_a_run_killed_mid_send_is_finished_by_the_next_run_with_the_same_message
         assert ids[0].startswith(f"<{sent_rows[address]}@")
     assert statuses(engine) == Counter({"SENT": len(members)})  # nothing left PENDING
     assert live_rows_per_key(engine) == Counter({1: len(members)})
+
+
+# -- writers racing on the same keys, past the lock ------------------------------------------
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def is_log_insert(statement: str) -> bool:
+    return statement.lstrip().upper().startswith('INSERT INTO "NOTIFICATIONLOG"')
+
+
+@contextmanager
+def before_writing_logs(engine: Engine, action: Callable[[], object]) -> Iterator[None]:
+    """Call ``action`` once, in the run's thread, just before it first writes log rows.
+
+    By then the run has planned its keys, and its write transaction has begun.
+    """
+    done = threading.Event()
+
+    def hook(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if is_log_insert(statement) and not done.is_set():
+            done.set()
+            action()
+
+    event.listen(engine, "before_cursor_execute", hook)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", hook)
+    assert done.is_set(), "the run wrote no log rows"
+
+
+@pytest.fixture
+def job_settings(database_url: str, smtp_server: SmtpServer) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        **smtp_server.settings_overrides(),
+        smtp_retries=0,
+        public_url="http://rewards.test",
+    )
+
+
+def due_members(engine: Engine, prefix: str, count: int) -> list[str]:
+    return Shop(engine).members_with_points(
+        [f"{prefix}{n:02d}" for n in range(count)], 100, DUE, earned_at=EARNED
+    )
+
+
+def log_rows(engine: Engine) -> dict[str, list[tuple[str, str]]]:
+    """Each member's rows as (id, status)."""
+    rows: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    with engine.connect() as conn:
+        for user, row_id, status in conn.execute(
+            select(NotificationLog.userId, NotificationLog.id, NotificationLog.status)
+        ):
+            rows[user].append((row_id, status))
+    return dict(rows)
+
+
+def test_a_key_written_by_another_writer_between_planning_and_writing_is_not_sent_again(
+    engine: Engine,
+    make_engine: Callable[[str], Engine],
+    database_url: str,
+    job_settings: Settings,
+    smtp_server: SmtpServer,
+) -> None:
+    members = due_members(engine, "p", 10)
+    sent_elsewhere, in_flight_elsewhere = members[3], members[7]
+    other_writer = make_engine(database_url)  # another instance, on its own connection
+    same_key = {"day": DUE_DATE, "at": sql_timestamp(NOW)}
+
+    def write_the_same_keys() -> None:
+        with other_writer.begin() as conn:
+            conn.execute(
+                text(
+                    'INSERT INTO "NotificationLog" ("id", "userId", "notificationType",'
+                    ' "status", "expirationDate", "pointsExpiring", "createdAt")'
+                    " VALUES (:id, :user, 'EXPIRATION_7_DAYS', :status, :day, 100, :at)"
+                ),
+                [
+                    {"id": "other-1", "user": sent_elsewhere, "status": "SENT", **same_key},
+                    {"id": "other-2", "user": in_flight_elsewhere, "status": "PENDING", **same_key},
+                ],
+            )
+
+    with before_writing_logs(engine, write_the_same_keys):
+        summary = CheckExpiringPointsJob(engine, job_settings, clock=clock).run(day=RUN_DAY)
+
+    assert summary.planned == len(members)  # the run did plan the two keys
+    assert summary.counts_by_type() == {"EXPIRATION_7_DAYS": {"SENT": len(members) - 2}}
+    expected = {email_of(u) for u in members} - {
+        email_of(sent_elsewhere),
+        email_of(in_flight_elsewhere),
+    }
+    assert Counter(recipient(m) for m in smtp_server.messages) == Counter(
+        dict.fromkeys(expected, 1)
+    )
+    assert live_rows_per_key(engine) == Counter({1: len(members)})
+    rows = log_rows(engine)
+    assert rows[sent_elsewhere] == [("other-1", "SENT")]
+    assert rows[in_flight_elsewhere] == [("other-2", "PENDING")]
+
+
+def test_two_runs_past_the_lock_writing_the_same_keys_at_once_send_each_reminder_once(
+    make_engine: Callable[[str], Engine],
+    engine: Engine,
+    database_url: str,
+    job_settings: Settings,
+    smtp_server: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two instances, the lock out of the way, each planning every key before either writes."""
+    members = due_members(engine, "r", 30)
+    monkeypatch.setattr(job_module, "job_lock", lambda _engine: nullcontext())
+    both_planned = threading.Barrier(2, timeout=20)
+    summaries: list[JobSummary] = []
+    errors: list[BaseException] = []
+
+    def run_instance() -> None:
+        instance = make_engine(database_url)  # each instance with its own engine and pool
+        try:
+            with before_writing_logs(instance, both_planned.wait):
+                job = CheckExpiringPointsJob(instance, job_settings, clock=clock)
+                summaries.append(job.run(day=RUN_DAY))
+        except BaseException as exc:  # reported below, with the other run's outcome
+            both_planned.abort()
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_instance) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == [], errors
+
+    # Both planned every key, so both wrote every key; the index let one row each through.
+    assert [s.planned for s in summaries] == [len(members), len(members)]
+    assert sum(s.sent for s in summaries) == len(members)
+    assert sum(s.failed + s.skipped for s in summaries) == 0
+    assert Counter(recipient(m) for m in smtp_server.messages) == Counter(
+        {email_of(u): 1 for u in members}
+    )
+    assert len(set(smtp_server.message_ids())) == len(members)
+    assert statuses(engine) == Counter({"SENT": len(members)})
+    assert live_rows_per_key(engine) == Counter({1: len(members)})
+    with engine.connect() as conn:
+        runs = conn.execute(select(NotificationJobRun.status)).scalars().all()
+    assert runs == ["SUCCEEDED", "SUCCEEDED"]

@@ -1,11 +1,29 @@
-"""Settings validate themselves and name the variable at fault."""
+"""Settings validate themselves and name the variable at fault.
+
+Every test starts from an environment without the service's variables, so what the
+caller's shell exports (``REWARDS_TIMEZONE``, ``DATABASE_URL``…) changes nothing.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from rewards.config import EmailBackend, SettingsError, load_settings
+from rewards.config import DEFAULT_DATABASE_URL, EmailBackend, SettingsError, load_settings
 from rewards.db import normalize_url
+
+
+def is_a_setting(name: str) -> bool:
+    """Would ``Settings`` read this variable? (Names are matched case-insensitively.)"""
+    upper = name.upper()
+    return upper.startswith("REWARDS_") or upper == "DATABASE_URL"
+
+
+@pytest.fixture(autouse=True)
+def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if is_a_setting(n)]:
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.parametrize(
@@ -21,10 +39,12 @@ def test_database_urls_are_normalised_to_the_shipped_drivers(url: str, driver: s
     assert normalize_url(url).drivername == driver
 
 
-def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+def test_defaults_are_the_embedded_setup() -> None:
     settings = load_settings()
+    assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.is_sqlite
+    assert settings.timezone == "UTC"
+    assert settings.zone.key == "UTC"
     assert settings.notify_tiers == (30, 7, 1)
     assert settings.notify_cron == "0 9 * * *"
     assert settings.email_backend is EmailBackend.FILE

@@ -18,7 +18,7 @@ from rewards.api.limits import BodySizeLimit
 from rewards.api.pages import Pages
 from rewards.api.routes import accounts, admin, balance, health, members, unsubscribe
 from rewards.api.schemas import Problem, problem_responses
-from rewards.config import Settings
+from rewards.config import Settings, load_settings
 from rewards.db import create_db_engine
 from rewards.metrics import build_registry
 from rewards.notifications.messages import sender_name
@@ -92,6 +92,15 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one server process among several (``rewards serve --workers N``).
+
+    Settings come from the environment, which the supervising process has completed
+    (tokens generated for a loopback session included); the scheduler is not here.
+    """
+    return create_app(load_settings())
 
 
 def problem_details_in_schema(schema: dict[str, Any]) -> dict[str, Any]:

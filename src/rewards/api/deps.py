@@ -42,8 +42,11 @@ def transaction(engine: EngineDep) -> Iterator[Connection]:
 
 
 def read_only(engine: EngineDep) -> Iterator[Connection]:
+    """A connection for reads. It commits at the end all the same: a read first applies
+    what other applications changed on the accounts it reads, and that is kept."""
     with engine.connect() as conn:
         yield conn
+        conn.commit()
 
 
 # scope="function": commit (or roll back) when the endpoint returns, before the response is

@@ -25,9 +25,9 @@ from rewards.ledger.errors import (
     UnknownUser,
 )
 from rewards.members.service import DuplicateId
-from rewards.notifications.history import InvalidCursor
 from rewards.notifications.job import JobError
 from rewards.notifications.locking import JobAlreadyRunning
+from rewards.paging import InvalidCursor
 
 log = logging.getLogger("rewards.api")
 

@@ -7,7 +7,7 @@ always UTC with a ``Z``.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -126,6 +126,46 @@ class EntryOut(BaseModel):
     expiresAt: UtcDatetime | None
 
 
+class LotUseOut(BaseModel):
+    lotId: str
+    points: int
+
+
+class LedgerEntryOut(BaseModel):
+    id: str
+    entryType: str
+    credit: int
+    debit: int
+    description: str | None
+    createdAt: UtcDatetime
+    expiresAt: UtcDatetime | None
+    used: list[LotUseOut] = Field(
+        description="For a debit, the lots it spent and how much of each; for an EXPIRE,"
+        " the lots whose remainder it records. Empty for a credit."
+    )
+
+
+class LedgerPage(BaseModel):
+    items: list[LedgerEntryOut]
+    nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class LotOut(BaseModel):
+    id: str = Field(description="The id of the credit's ledger entry.")
+    points: int = Field(description="Points credited.")
+    pointsLeft: int = Field(
+        description="Points not spent. For an EXPIRED lot, what expired; 0 once SPENT."
+    )
+    status: Literal["LIVE", "SPENT", "EXPIRED"]
+    createdAt: UtcDatetime
+    expiresAt: UtcDatetime | None
+
+
+class LotPage(BaseModel):
+    items: list[LotOut]
+    nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
 class ExpiringOut(BaseModel):
     date: date
     points: int
@@ -180,6 +220,12 @@ class JobSummaryOut(BaseModel):
     skipped: int
     byType: dict[str, dict[str, int]]
     durationSeconds: float
+    timings: dict[str, float] = Field(
+        description="Seconds per step: sync, expire, then plan (a dry run) or send."
+    )
+    syncedAccounts: int = Field(
+        description="Accounts whose ledger other applications changed, brought up to date first."
+    )
 
 
 class StatsOut(BaseModel):

@@ -11,7 +11,7 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from rewards.cli import db, demo, notify, scheduler, serve
+from rewards.cli import db, demo, ledger, notify, scheduler, serve
 from rewards.cli.context import AppContext, err
 from rewards.config import SettingsError
 from rewards.db import DatabaseUnavailable
@@ -27,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(ledger.app, name="ledger")
 app.add_typer(notify.app, name="notify")
 app.command(name="scheduler")(scheduler.scheduler)
 app.command(name="serve")(serve.serve)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
+import signal
 from typing import Annotated
 
 import typer
 import uvicorn
+from apscheduler.schedulers.base import BaseScheduler
 from pydantic import SecretStr
 
 from rewards.api.app import create_app
 from rewards.cli.context import app_context, err, out
-from rewards.config import DEFAULT_SECRET_KEY, Settings
+from rewards.config import Settings, require_own_secret_to_send
 from rewards.db import check_connection
 from rewards.migrate import require_current
 from rewards.notifications.scheduler import build_scheduler
@@ -41,7 +44,7 @@ def with_tokens(settings: Settings, host: str) -> tuple[Settings, dict[str, str]
         if missing:
             names = ", ".join(f"REWARDS_{n.upper()}" for n in missing)
             raise UnsafeServe(f"refusing to serve on {host} without {names}")
-        if settings.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+        if not settings.has_own_secret:
             raise UnsafeServe(f"refusing to serve on {host} with the default REWARDS_SECRET_KEY")
         return settings, {}
     generated = {n: secrets.token_urlsafe(24) for n in missing}
@@ -56,9 +59,13 @@ def serve(
     scheduler: Annotated[
         bool, typer.Option("--scheduler/--no-scheduler", help="Also run the daily job.")
     ] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Server processes (the scheduler runs once).")
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (docs at /docs) and run CheckExpiringPointsJob on its schedule."""
     context = app_context(ctx)
+    require_own_secret_to_send(context.settings)
     check_connection(context.engine)
     require_current(context.engine)
     try:
@@ -69,5 +76,38 @@ def serve(
     for name, value in generated.items():
         out.print(f"REWARDS_{name.upper()} for this session: {value}", highlight=False)
     sched = build_scheduler(context.engine, settings) if scheduler else None
-    app = create_app(settings, context.engine, scheduler=sched)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    # uvicorn shuts down gracefully on SIGINT or SIGTERM and then raises the signal
+    # again; uvicorn.run swallows SIGINT's KeyboardInterrupt, but SIGTERM's default
+    # action would kill the process (exit -15). Treated like Ctrl-C, a stop exits 0.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if workers == 1:
+            app = create_app(settings, context.engine, scheduler=sched)
+            uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        else:
+            _serve_processes(sched, generated, host=host, port=port, workers=workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_processes(
+    sched: BaseScheduler | None, generated: dict[str, str], *, host: str, port: int, workers: int
+) -> None:
+    """Several server processes, each building its app from the environment; the
+    scheduler runs here, in the supervising process, once."""
+    os.environ.update({f"REWARDS_{name.upper()}": value for name, value in generated.items()})
+    if sched is not None:
+        sched.start()
+    try:
+        uvicorn.run(
+            "rewards.api.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            proxy_headers=True,
+        )
+    finally:
+        if sched is not None:
+            sched.shutdown(wait=True)

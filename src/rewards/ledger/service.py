@@ -1,19 +1,22 @@
-"""Ledger operations: earn, redeem, balances and upcoming expirations.
+"""Ledger operations: earn, redeem, balances, upcoming expirations, lots and history.
 
 Each function works inside the caller's transaction (a SQLAlchemy ``Connection``
 already in ``begin()``), so an API request or a job step commits all of its
-writes or none. The clock (``as_of``) is always passed in.
+writes or none. Writes update the lot projection with the ledger row; reads
+first apply what other applications changed on the accounts they read, so no
+answer depends on a stale projection. The clock (``as_of``) is always passed in.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from rewards.clock import local_date, utc_naive
@@ -25,17 +28,23 @@ from rewards.ledger.errors import (
     InvalidEntry,
     UnknownAccount,
 )
+from rewards.ledger.lots import Lot, allocate
+from rewards.ledger.projection import (
+    Writes,
+    lock_accounts,
+    pending_accounts,
+    projection_writes,
+    replay_accounts,
+    sync_changes,
+)
 from rewards.ledger.queries import (
-    accounts_table,
     available_balance,
-    live_remainders,
+    expiring_lots,
     post_due_expirations,
+    spendable_at,
 )
 from rewards.ledger.rules import MAX_POINTS
-from rewards.models import Account, PointLedger
-
-L: Table = PointLedger.__table__  # type: ignore[assignment]
-A: Table = Account.__table__  # type: ignore[assignment]
+from rewards.tables import accounts, ledger, lots, sync_state
 
 
 @dataclass(frozen=True)
@@ -73,15 +82,34 @@ def lock_account(conn: Connection, account_id: str) -> None:
     single writer lock now rather than at the first real write.
     """
     if conn.dialect.name == "postgresql":
-        found = conn.execute(
-            select(A.c.id).where(A.c.id == account_id).with_for_update()
-        ).one_or_none()
+        found = bool(lock_accounts(conn, [account_id], skip_locked=False))
     else:
-        found = conn.execute(
-            update(A).where(A.c.id == account_id).values(id=A.c.id).returning(A.c.id)
-        ).one_or_none()
-    if found is None:
+        found = (
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(id=accounts.c.id)
+                .returning(accounts.c.id)
+            ).one_or_none()
+            is not None
+        )
+    if not found:
         raise UnknownAccount(account_id)
+
+
+def require_account(conn: Connection, account_id: str) -> None:
+    if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
+        raise UnknownAccount(account_id)
+
+
+def bring_up_to_date(conn: Connection, account_ids: Collection[str], as_of: datetime) -> None:
+    """Apply what other applications changed on these accounts, before reading them.
+
+    One indexed look-up when nothing changed, which is the rule.
+    """
+    if pending_accounts(conn, account_ids):
+        with projection_writes(conn):
+            sync_changes(conn, as_of, account_ids)
 
 
 def _entry(row: Any, *, replayed: bool = False) -> Entry:
@@ -100,7 +128,7 @@ def _entry(row: Any, *, replayed: bool = False) -> Entry:
 
 def _insert_entry(conn: Connection, values: dict[str, object]) -> Entry:
     try:
-        row = conn.execute(insert(L).values(**values).returning(*L.c)).one()
+        row = conn.execute(insert(ledger).values(**values).returning(*ledger.c)).one()
     except IntegrityError as exc:
         if "accountId_fkey" in str(exc.orig) or "FOREIGN KEY" in str(exc.orig):
             raise UnknownAccount(str(values["accountId"])) from exc
@@ -126,7 +154,7 @@ def _replay(
     if key is None:
         return None
     row = conn.execute(
-        select(*L.c).where(L.c.accountId == account_id, L.c.idempotencyKey == key)
+        select(*ledger.c).where(ledger.c.accountId == account_id, ledger.c.idempotencyKey == key)
     ).one_or_none()
     if row is None:
         return None
@@ -134,6 +162,28 @@ def _replay(
     if (row.entryType, row.credit or row.debit, row.expiresAt, row.description) != asked:
         raise IdempotencyConflict(key)
     return _entry(row, replayed=True)
+
+
+def _synced_through(conn: Connection, account_id: str) -> datetime | None:
+    found: datetime | None = conn.scalar(
+        select(sync_state.c.syncedThrough).where(sync_state.c.accountId == account_id)
+    )
+    return found
+
+
+def _project(conn: Connection, entry: Entry, writes: Writes, as_of: datetime) -> None:
+    """Store what ``entry`` did to the lots, or replay the account when it is not the latest.
+
+    An entry at or before an instant the lots already account for (rows another
+    application dated ahead, or two writes in one millisecond) can change how
+    earlier debits were served; the account's history is replayed instead.
+    """
+    synced = _synced_through(conn, entry.account_id)
+    if synced is not None and synced >= entry.created_at:
+        replay_accounts(conn, [entry.account_id], as_of)
+        return
+    writes.states[entry.account_id] = entry.created_at
+    writes.apply(conn)
 
 
 def earn(
@@ -147,7 +197,7 @@ def earn(
     entry_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> Entry:
-    """Credit ``points``; they expire at ``expires_at`` (never, if None), which must be ahead.
+    """Credit ``points`` as a new lot; it expires at ``expires_at`` (never, if None).
 
     A replay is recognised before the expiry is held against the clock: the retry of an
     earn whose ``expires_at`` has passed since returns the first entry.
@@ -155,28 +205,48 @@ def earn(
     validate_points(points)
     as_of = utc_naive(as_of)
     expires_at = None if expires_at is None else utc_naive(expires_at)
-    lock_account(conn, account_id)
-    if (
-        earlier := _replay(
+    with projection_writes(conn):
+        lock_account(conn, account_id)
+        sync_changes(conn, as_of, [account_id])
+        earlier = _replay(
             conn, account_id, idempotency_key, "EARN", points, expires_at, description
         )
-    ) is not None:
-        return earlier
-    if expires_at is not None and expires_at <= as_of:
-        raise InvalidEntry("expiresAt must be in the future")
-    return _insert_entry(
-        conn,
-        {
-            "id": entry_id or new_id(),
-            "idempotencyKey": idempotency_key,
-            "accountId": account_id,
-            "entryType": "EARN",
-            "credit": points,
-            "description": description,
-            "createdAt": as_of,
-            "expiresAt": expires_at,
-        },
-    )
+        if earlier is not None:
+            return earlier
+        if expires_at is not None and expires_at <= as_of:
+            raise InvalidEntry("expiresAt must be in the future")
+        entry = _insert_entry(
+            conn,
+            {
+                "id": entry_id or new_id(),
+                "idempotencyKey": idempotency_key,
+                "accountId": account_id,
+                "entryType": "EARN",
+                "credit": points,
+                "description": description,
+                "createdAt": as_of,
+                "expiresAt": expires_at,
+            },
+        )
+        writes = Writes.empty()
+        writes.lots.append(
+            {
+                "id": entry.id,
+                "accountId": account_id,
+                "credited": points,
+                "remaining": points,
+                "createdAt": entry.created_at,
+                "expiresAt": entry.expires_at,
+                "expired": False,
+            }
+        )
+        _project(conn, entry, writes, as_of)
+    return entry
+
+
+def _live_lots(conn: Connection, account_id: str, as_of: datetime) -> list[Lot]:
+    rows = conn.execute(select(lots).where(lots.c.accountId == account_id, spendable_at(as_of)))
+    return [Lot(r.id, r.credited, r.remaining, r.createdAt, r.expiresAt, r.expired) for r in rows]
 
 
 def redeem(
@@ -189,46 +259,61 @@ def redeem(
     entry_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> Entry:
-    """Spend ``points``, earliest-expiring first; all or nothing.
+    """Spend ``points`` from the lots valid now, earliest-expiring first; all or nothing.
 
-    Expirations due by ``as_of`` are posted first, in the same transaction, so a
+    Expirations due by ``as_of`` are recorded first, in the same transaction, so a
     redemption never spends expired points. Raises :class:`InsufficientPoints`
     (and writes nothing, once the caller rolls back) when the balance is short.
     """
     validate_points(points)
     as_of = utc_naive(as_of)
-    lock_account(conn, account_id)
-    if (
-        earlier := _replay(conn, account_id, idempotency_key, "REDEEM", points, None, description)
-    ) is not None:
-        return earlier
-    post_due_expirations(conn, as_of, account_ids=[account_id])
-    balance = available_balance(conn, [account_id], as_of)
-    if balance < points:
-        raise InsufficientPoints(account_id, points, balance)
-    return _insert_entry(
-        conn,
-        {
-            "id": entry_id or new_id(),
-            "idempotencyKey": idempotency_key,
-            "accountId": account_id,
-            "entryType": "REDEEM",
-            "debit": points,
-            "description": description,
-            "createdAt": as_of,
-        },
-    )
+    with projection_writes(conn):
+        lock_account(conn, account_id)
+        sync_changes(conn, as_of, [account_id])
+        earlier = _replay(conn, account_id, idempotency_key, "REDEEM", points, None, description)
+        if earlier is not None:
+            return earlier
+        post_due_expirations(conn, as_of, account_ids=[account_id])
+        held = _live_lots(conn, account_id, as_of)
+        balance = sum(lot.remaining for lot in held)
+        if balance < points:
+            raise InsufficientPoints(account_id, points, balance)
+        entry = _insert_entry(
+            conn,
+            {
+                "id": entry_id or new_id(),
+                "idempotencyKey": idempotency_key,
+                "accountId": account_id,
+                "entryType": "REDEEM",
+                "debit": points,
+                "description": description,
+                "createdAt": as_of,
+            },
+        )
+        made, _ = allocate(held, entry.id, points, as_of)
+        writes = Writes.empty()
+        writes.add_allocations(account_id, made, [], as_of)
+        used = {a.lot_id for a in made}
+        writes.remaining.extend(
+            {"lot_id": lot.id, "left": lot.remaining} for lot in held if lot.id in used
+        )
+        _project(conn, entry, writes, as_of)
+    return entry
 
 
 def balance(conn: Connection, account_id: str, as_of: datetime) -> int:
-    if conn.execute(select(A.c.id).where(A.c.id == account_id)).one_or_none() is None:
-        raise UnknownAccount(account_id)
-    return available_balance(conn, [account_id], utc_naive(as_of))
+    """Points the account can spend at ``as_of``."""
+    require_account(conn, account_id)
+    as_of = utc_naive(as_of)
+    bring_up_to_date(conn, [account_id], as_of)
+    return available_balance(conn, [account_id], as_of)
 
 
 def total_balance(conn: Connection, account_ids: list[str], as_of: datetime) -> int:
     """Points spendable at ``as_of`` over several accounts (a member's), in one query."""
-    return available_balance(conn, account_ids, utc_naive(as_of))
+    as_of = utc_naive(as_of)
+    bring_up_to_date(conn, account_ids, as_of)
+    return available_balance(conn, account_ids, as_of)
 
 
 def upcoming_expirations(
@@ -242,11 +327,10 @@ def upcoming_expirations(
     """Unspent points expiring in ``(as_of, until]``, summed per calendar date in ``zone``."""
     if not account_ids:
         return []
-    rows = conn.execute(
-        live_remainders(accounts_table(account_ids), utc_naive(as_of), utc_naive(until))
-    )
+    as_of = utc_naive(as_of)
+    bring_up_to_date(conn, account_ids, as_of)
+    rows = conn.execute(expiring_lots(as_of, utc_naive(until), account_ids))
     per_day: dict[date, int] = defaultdict(int)
     for row in rows:
-        if row.remaining > 0:
-            per_day[local_date(row.expiresAt, zone)] += int(row.remaining)
+        per_day[local_date(row.expiresAt, zone)] += int(row.remaining)
     return [Expiring(day, points) for day, points in sorted(per_day.items())]

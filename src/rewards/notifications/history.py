@@ -6,20 +6,16 @@ costs the same however deep it is and rows written meanwhile never shift it.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, or_, select
+from sqlalchemy import Connection, select
 
-from rewards.models import NotificationLog
+from rewards.paging import newest_first_page
+from rewards.tables import notification_log
 
-N: Table = NotificationLog.__table__  # type: ignore[assignment]
-
-
-class InvalidCursor(ValueError):
-    """A pagination cursor that this service did not hand out."""
+N = notification_log
 
 
 @dataclass(frozen=True)
@@ -29,20 +25,6 @@ class LogFilter:
     notification_type: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
-
-
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), row_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidCursor("invalid cursor") from exc
 
 
 def list_logs(
@@ -60,13 +42,4 @@ def list_logs(
         query = query.where(N.c.createdAt >= filters.created_from)
     if filters.created_to is not None:
         query = query.where(N.c.createdAt < filters.created_to)
-    if cursor is not None:
-        created_at, row_id = decode_cursor(cursor)
-        query = query.where(
-            or_(N.c.createdAt < created_at, and_(N.c.createdAt == created_at, N.c.id < row_id))
-        )
-    rows = list(conn.execute(query.order_by(N.c.createdAt.desc(), N.c.id.desc()).limit(limit + 1)))
-    next_cursor = (
-        encode_cursor(rows[limit - 1].createdAt, rows[limit - 1].id) if len(rows) > limit else None
-    )
-    return rows[:limit], next_cursor
+    return newest_first_page(conn, query, N.c.createdAt, N.c.id, limit=limit, cursor=cursor)

@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from rewards.clock import local_date, utc_naive, utcnow
 from rewards.config import Settings, require_own_secret_to_send
 from rewards.ids import new_id
+from rewards.ledger.projection import projection_writes, sync_all, sync_all_in
 from rewards.ledger.queries import post_due_expirations
 from rewards.metrics import observe_send
 from rewards.models import LIVE_STATUS_SQL, NotificationJobRun, NotificationLog, User
@@ -133,8 +134,11 @@ class CheckExpiringPointsJob:
         summary = JobSummary(as_of=as_of, dry_run=False)
         start_run(self.engine, summary, trigger, self.clock())
         try:
-            self._expire(summary)
-            with asyncio.Runner() as loop:
+            with summary.timed("sync"):
+                self._sync(summary)
+            with summary.timed("expire"):
+                self._expire(summary)
+            with asyncio.Runner() as loop, summary.timed("send"):
                 sender = self.sender_factory(self.settings)
                 loop.run(sender.__aenter__())
                 try:
@@ -165,10 +169,14 @@ class CheckExpiringPointsJob:
         )
         return summary
 
+    def _sync(self, summary: JobSummary) -> None:
+        """Apply what other applications wrote to the ledger, so the plan is exact."""
+        summary.synced_accounts = sync_all(self.engine, self.clock()).accounts
+
     def _expire(self, summary: JobSummary) -> None:
         # Never expire ahead of the real clock, even for an as-of later today.
         until = min(summary.as_of, self.clock())
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, projection_writes(conn):
             summary.expired_entries, summary.expired_points = post_due_expirations(conn, until)
 
     def _send_due(self, summary: JobSummary, sender: Sender, loop: asyncio.Runner) -> None:
@@ -357,21 +365,23 @@ class CheckExpiringPointsJob:
     # -- dry run --------------------------------------------------------------------------
 
     def _preview(self, as_of: datetime) -> JobSummary:
-        """What a run would do: expiry computed and rolled back, nothing written or sent."""
+        """What a run would do, exactly: the same sync, expiry and plan, in one transaction
+        that is rolled back, so nothing is left written and nothing is sent."""
         started = time.perf_counter()
         summary = JobSummary(as_of=as_of, dry_run=True)
-        with self.engine.connect() as conn:
-            trans = conn.begin()
-            try:
+        with self.engine.connect() as conn, conn.begin() as preview:
+            with summary.timed("sync"):
+                summary.synced_accounts = sync_all_in(conn, self.clock()).accounts
+            with summary.timed("expire"), projection_writes(conn):
                 summary.expired_entries, summary.expired_points = post_due_expirations(conn, as_of)
-            finally:
-                trans.rollback()
-            for batch in self._plan(conn, as_of):
-                summary.planned += len(batch)
-                for key in batch:
-                    decision = decide(key.email, key.email_notifications, key.points)
-                    status = Status.SENT if decision.send else decision.status
-                    summary.record(key.notification_type, status, decision.reason)
+            with summary.timed("plan"):
+                for batch in self._plan(conn, as_of):
+                    summary.planned += len(batch)
+                    for key in batch:
+                        decision = decide(key.email, key.email_notifications, key.points)
+                        status = Status.SENT if decision.send else decision.status
+                        summary.record(key.notification_type, status, decision.reason)
+            preview.rollback()
         summary.duration_seconds = time.perf_counter() - started
         return summary
 

@@ -38,7 +38,7 @@ from sqlalchemy import (
 
 from rewards.clock import local_date, local_midnight_utc
 from rewards.db import tune_for_batch
-from rewards.ledger.queries import live_remainders
+from rewards.ledger.queries import expiring_lots
 from rewards.models import Account, NotificationLog, PointLedger, Timestamp, User
 from rewards.notifications.tiers import LIVE_STATUSES, Status, notification_type, tier_due
 
@@ -133,7 +133,7 @@ def net_expiring_per_member(
     days = due_days(as_of, zone, tiers)
     days_cte = _days_table(days)
     until = days[-1].ends - timedelta(milliseconds=1)
-    remaining = live_remainders(None, as_of, until).subquery("remaining")
+    remaining = expiring_lots(as_of, until).subquery("remaining")
     points = cast(func.sum(remaining.c.remaining), BigInteger)
     return (
         select(
@@ -235,12 +235,10 @@ def points_left_on_dates(
     until -= timedelta(milliseconds=1)
     if until <= as_of:
         return {}
-    accounts = (
-        select(A.c.id.label("accountId"))
-        .where(A.c.userId.in_(sorted({user for user, _ in wanted})))
-        .subquery("member_accounts")
+    member_accounts = set(
+        conn.scalars(select(A.c.id).where(A.c.userId.in_(sorted({u for u, _ in wanted}))))
     )
-    remaining = live_remainders(accounts, as_of, until).subquery("remaining")
+    remaining = expiring_lots(as_of, until, sorted(member_accounts)).subquery("remaining")
     rows = conn.execute(
         select(A.c.userId, remaining.c.expiresAt, remaining.c.remaining).join(
             A, A.c.id == remaining.c.accountId

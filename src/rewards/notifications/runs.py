@@ -10,7 +10,10 @@ moment it noticed.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -55,6 +58,18 @@ class JobSummary:
     duration_seconds: float = 0.0
     error: str | None = None
     abandoned_runs: int = 0
+    synced_accounts: int = 0
+    """Accounts whose ledger other applications changed, brought up to date first."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step: ``sync``, ``expire``, then ``plan`` (a dry run) or ``send``."""
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - started
 
     def count(self, status: Status) -> int:
         return sum(c[status.value] for c in self.by_type.values())
@@ -84,6 +99,7 @@ class JobSummary:
             "asOf": self.as_of.isoformat() + "Z",
             "dryRun": self.dry_run,
             "runId": self.run_id,
+            "syncedAccounts": self.synced_accounts,
             "expiredEntries": self.expired_entries,
             "expiredPoints": self.expired_points,
             "planned": self.planned,
@@ -94,6 +110,7 @@ class JobSummary:
             "byType": self.counts_by_type(),
             "failuresByReason": dict(self.failures),
             "durationSeconds": round(self.duration_seconds, 3),
+            "timings": {step: round(seconds, 3) for step, seconds in self.timings.items()},
             "error": self.error,
         }
 

@@ -15,10 +15,16 @@ from rewards.api.schemas import (
     EarnRequest,
     EntryOut,
     ExpiringOut,
+    LedgerEntryOut,
+    LedgerPage,
+    LotOut,
+    LotPage,
+    LotUseOut,
     RedeemRequest,
     problem_responses,
 )
 from rewards.clock import utcnow
+from rewards.ledger import history
 from rewards.ledger import service as ledger
 from rewards.members import service as members
 
@@ -120,6 +126,57 @@ def redeem(
         idempotency_key=idempotency_key,
     )
     return _respond(entry, response)
+
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+Cursor = Annotated[str | None, Query(max_length=500)]
+
+
+@router.get("/{accountId}/lots", response_model=LotPage)
+def lots(accountId: str, conn: ReadConn, limit: Limit = 50, cursor: Cursor = None) -> LotPage:
+    """The account's lots, newest first: what each credit left, and when it expires."""
+    now = utcnow()
+    page, next_cursor = history.account_lots(conn, accountId, now, limit=limit, cursor=cursor)
+    return LotPage(
+        items=[
+            LotOut(
+                id=lot.id,
+                points=lot.credited,
+                pointsLeft=lot.remaining,
+                status=lot.status(now),
+                createdAt=lot.created_at,
+                expiresAt=lot.expires_at,
+            )
+            for lot in page
+        ],
+        nextCursor=next_cursor,
+    )
+
+
+@router.get("/{accountId}/ledger", response_model=LedgerPage)
+def ledger_history(
+    accountId: str, conn: ReadConn, limit: Limit = 50, cursor: Cursor = None
+) -> LedgerPage:
+    """The account's ledger entries, newest first; each debit with the lots it spent."""
+    page, next_cursor = history.account_entries(
+        conn, accountId, utcnow(), limit=limit, cursor=cursor
+    )
+    return LedgerPage(
+        items=[
+            LedgerEntryOut(
+                id=e.id,
+                entryType=e.entry_type,
+                credit=e.credit,
+                debit=e.debit,
+                description=e.description,
+                createdAt=e.created_at,
+                expiresAt=e.expires_at,
+                used=[LotUseOut(lotId=u.lot_id, points=u.points) for u in e.used],
+            )
+            for e in page
+        ],
+        nextCursor=next_cursor,
+    )
 
 
 @router.get("/{accountId}/balance", response_model=BalanceOut)

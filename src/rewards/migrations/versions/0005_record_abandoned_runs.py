@@ -44,7 +44,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        "UPDATE \"NotificationJobRun\" SET \"status\" = 'FAILED' WHERE \"status\" = 'ABANDONED'"
+        'UPDATE "NotificationJobRun" SET "status" = \'FAILED\' WHERE "status" = \'ABANDONED\''
     )
     with op.batch_alter_table("NotificationJobRun") as batch:
         batch.drop_constraint(CHECK, type_="check")
