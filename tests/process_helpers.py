@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -91,7 +93,8 @@ def run_rewards(
 
 @contextmanager
 def started_rewards(*args: str, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    """Start ``rewards ARGS`` in the background; it is killed (if still alive) on exit."""
+    """Start ``rewards ARGS`` in the background; it and any process it started are killed
+    (if still alive) on exit, so no child is left holding the pipes open."""
     process = subprocess.Popen(
         rewards_command(*args),
         stdout=subprocess.PIPE,
@@ -99,12 +102,13 @@ def started_rewards(*args: str, env: dict[str, str], cwd: Path) -> Iterator[subp
         text=True,
         env=env,
         cwd=cwd,
+        start_new_session=True,  # its own process group: children it starts go with it
     )
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=RUN_TIMEOUT)
         for stream in (process.stdout, process.stderr):
             if stream is not None:

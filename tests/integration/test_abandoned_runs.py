@@ -72,14 +72,14 @@ def test_a_run_killed_with_sigkill_is_marked_abandoned_by_the_next_run(
     assert during["rewards_job_running"] == 1.0
     assert during['rewards_job_runs_total{outcome="abandoned"}'] == 0.0
 
-    noticed_from = datetime.utcnow().replace(microsecond=0)  # noqa: DTZ003 - stored instants are naive UTC
+    noticed_from = datetime.utcnow().replace(microsecond=0)
     result = run_rewards("notify", "run", *as_of, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
     [first, second] = runs(engine)
     assert first[:2] == (killed, "ABANDONED")
     assert first[2] is not None
-    assert noticed_from <= first[2] <= datetime.utcnow()  # noqa: DTZ003
+    assert noticed_from <= first[2] <= datetime.utcnow()
     assert first[3] == "the process running it stopped before it finished"
     assert second[1] == "SUCCEEDED"
 

@@ -30,6 +30,7 @@ ADMIN_ENDPOINTS = [
     ("GET", "/admin/notifications"),
     ("GET", "/admin/notifications/stats"),
     ("GET", "/admin/job-runs"),
+    ("GET", "/admin/ledger-anomalies"),
     ("POST", "/admin/jobs/check-expiring-points"),
 ]
 
@@ -261,6 +262,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/admin/notifications"),
     ("get", "/admin/notifications/stats"),
     ("get", "/admin/job-runs"),
+    ("get", "/admin/ledger-anomalies"),
     ("post", "/admin/jobs/check-expiring-points"),
     ("get", "/balance"),
     ("get", "/unsubscribe"),

@@ -1,7 +1,8 @@
 """Property-based: schemathesis drives the running server from its own ``/openapi.json``.
 
 Each operation gets valid and invalid requests (positive and negative generation,
-derandomized to keep runs stable) with the admin token, and every answer must
+derandomized to keep runs stable) with the admin token and with the client
+token, on both databases, and every answer must
 pass: no 5xx; a status, a content type and headers the schema documents; a body
 that matches the documented schema. The semantic checks (schema-valid data must
 be accepted, invalid data refused) are left out: the schema cannot say that an
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from rewards.api.app import create_app
 from rewards.config import load_settings
-from tests.integration.api_server import ADMIN, LiveApi
+from tests.integration.api_server import ADMIN, CLIENT, LiveApi
 
 pytest_plugins = ["tests.integration.api_server"]
 
@@ -40,7 +41,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-EXAMPLES = 15
+EXAMPLES = 25
 
 
 def operation_labels() -> list[str]:
@@ -54,10 +55,10 @@ def operation_labels() -> list[str]:
     return labels
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("token", ["admin", "client"])
 @pytest.mark.parametrize("label", operation_labels())
 def test_generated_requests_get_no_server_error_and_schema_valid_answers(
-    live_api: LiveApi, label: str
+    live_api: LiveApi, label: str, token: str
 ) -> None:
     schema = schemathesis.openapi.from_url(live_api.url("/openapi.json"))
     operation = schema.find_operation_by_label(label)
@@ -76,6 +77,6 @@ def test_generated_requests_get_no_server_error_and_schema_valid_answers(
         suppress_health_check=list(HealthCheck),
     )
     def generated(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(headers=ADMIN, checks=CHECKS)
+        case.call_and_validate(headers=ADMIN if token == "admin" else CLIENT, checks=CHECKS)
 
     generated()

@@ -184,3 +184,29 @@ def test_serve_without_scheduler_does_not_schedule(
         assert served.stop(signal.SIGINT) is not None
         served.stderr.join(5)
         assert SCHEDULED not in served.stderr.text()
+
+
+def test_serve_with_several_workers_answers_from_each_and_stops_cleanly(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with serving(database_url, tmp_path, "--workers", "2") as served:
+        token = {
+            "Authorization": "Bearer "
+            + dict(
+                line.split(" for this session: ", 1)
+                for line in served.stdout.text().splitlines()
+                if " for this session: " in line
+            )["REWARDS_API_TOKEN"]
+        }
+        # Both processes took the generated token from the supervising one.
+        assert served.stderr.wait_for("Started server process", 5)
+        assert wait_until(lambda: served.stderr.text().count(REGISTERED) == 2, 10)
+        with httpx.Client(base_url=served.base_url, headers=token, timeout=5) as client:
+            assert client.post("/users", json={"id": "w1"}).status_code == 201
+            statuses = {client.get("/users/w1").status_code for _ in range(40)}
+        assert statuses == {200}
+        assert served.stderr.text().count(SCHEDULED) == 1  # one scheduler, not one per process
+        code = served.stop(signal.SIGTERM)
+        assert code == 0, (code, served.stderr.text())
+        served.stderr.join(5)
+        assert "Traceback" not in served.stderr.text()

@@ -346,7 +346,7 @@ def test_the_scheduler_logs_its_cron_at_start_and_exits_on_sigterm(
         # A graceful stop: the signal is handled and the process exits 0, not killed by it.
         assert process.wait(timeout=20) == 0, (process.returncode, stderr.text())
         stderr.join(timeout=5)
-        assert "Traceback" not in stderr.text()
+        assert "Traceback" not in stderr.text(), stderr.text()
 
 
 def test_on_sigterm_the_scheduler_lets_the_run_in_progress_finish_and_exits_0(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import Engine, insert, select
 
 from rewards.clock import utcnow
@@ -257,15 +256,28 @@ def test_a_fire_delayed_past_midnight_runs_as_of_its_own_scheduled_time(
 
 
 def test_the_scheduler_catches_up_when_todays_run_was_missed(
-    engine: Engine, database_url: str
+    engine: Engine, database_url: str, tmp_path: Path
 ) -> None:
-    # Midnight has always passed; no run is recorded.
-    with started_paused(engine, settings_for(database_url, cron="0 0 * * *")) as scheduler:
-        jobs = jobs_by_id(scheduler)
-    assert set(jobs) == {JOB_ID, f"{JOB_ID}-catch-up"}
-    catch_up = jobs[f"{JOB_ID}-catch-up"]
-    assert isinstance(catch_up.trigger, DateTrigger)  # once, now
-    assert catch_up.next_run_time <= datetime.now(PARIS) + timedelta(seconds=5)
+    # Midnight has always passed; no run is recorded: the cron job fires once at start.
+    settings = load_settings(
+        database_url=database_url,
+        notify_cron="0 0 * * *",
+        email_backend="file",
+        outbox_dir=tmp_path / "outbox",
+    )
+    scheduler = build_scheduler(engine, settings)
+    assert set(jobs_by_id(scheduler)) == {JOB_ID}
+    scheduler.start()
+    try:
+        assert wait_until(lambda: bool(scheduler_runs(engine)), timeout=20)
+        next_run = scheduler.get_job(JOB_ID).next_run_time
+    finally:
+        scheduler.shutdown(wait=True)
+    midnight = datetime.combine(utcnow().date(), datetime.min.time())
+    assert scheduler_runs(engine) == [("SUCCEEDED", midnight)]
+    assert next_run == datetime.combine(
+        midnight.date() + timedelta(days=1), datetime.min.time(), UTC
+    )
 
 
 def test_the_scheduler_does_not_catch_up_when_today_already_ran(
@@ -273,7 +285,9 @@ def test_the_scheduler_does_not_catch_up_when_today_already_ran(
 ) -> None:
     record_run(engine, utcnow(), "SUCCEEDED")
     with started_paused(engine, settings_for(database_url, cron="0 0 * * *")) as scheduler:
-        assert set(jobs_by_id(scheduler)) == {JOB_ID}
+        jobs = jobs_by_id(scheduler)
+    assert set(jobs) == {JOB_ID}
+    assert jobs[JOB_ID].next_run_time > datetime.now(UTC)  # the next midnight, not now
 
 
 @pytest.mark.parametrize(

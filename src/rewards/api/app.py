@@ -20,6 +20,7 @@ from rewards.api.routes import accounts, admin, balance, health, members, unsubs
 from rewards.api.schemas import Problem, problem_responses
 from rewards.config import Settings, load_settings
 from rewards.db import create_db_engine
+from rewards.logs import configure_logging
 from rewards.metrics import build_registry
 from rewards.notifications.messages import sender_name
 
@@ -100,6 +101,7 @@ def app_from_environment() -> FastAPI:
     Settings come from the environment, which the supervising process has completed
     (tokens generated for a loopback session included); the scheduler is not here.
     """
+    configure_logging()
     return create_app(load_settings())
 
 

@@ -166,6 +166,25 @@ class LotPage(BaseModel):
     nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
+class AnomalyOut(BaseModel):
+    id: str
+    accountId: str
+    kind: Literal["SHORTFALL", "EXPIRY_TOO_LARGE"] = Field(
+        description="SHORTFALL: a debit larger than what its account had at its instant (only"
+        " rows written by other applications can be); EXPIRY_TOO_LARGE: more points expiring at"
+        " one instant than one ledger entry holds."
+    )
+    entryId: str | None = Field(description="The debit, for a SHORTFALL.")
+    points: int = Field(description="What the debit could not take, or what expired.")
+    at: UtcDatetime
+    detectedAt: UtcDatetime
+
+
+class AnomalyPage(BaseModel):
+    items: list[AnomalyOut]
+    nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
 class ExpiringOut(BaseModel):
     date: date
     points: int
@@ -225,6 +244,9 @@ class JobSummaryOut(BaseModel):
     )
     syncedAccounts: int = Field(
         description="Accounts whose ledger other applications changed, brought up to date first."
+    )
+    ledgerAnomalies: int = Field(
+        description="Debits among those that no lot could cover at their instant (anomalies)."
     )
 
 

@@ -5,7 +5,6 @@ Domain errors become one clear line on stderr and a non-zero exit; never a trace
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import typer
@@ -16,6 +15,7 @@ from rewards.cli.context import AppContext, err
 from rewards.config import SettingsError
 from rewards.db import DatabaseUnavailable
 from rewards.ledger.errors import LedgerError
+from rewards.logs import configure_logging
 from rewards.migrate import MigrationError
 from rewards.notifications.job import JobError
 
@@ -37,12 +37,7 @@ app.command(name="demo")(demo.demo)
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     ctx.obj = AppContext()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select
 
 from rewards.ledger.service import bring_up_to_date, require_account
 from rewards.paging import newest_first_page
-from rewards.tables import allocations, ledger, lots
+from rewards.tables import allocations, anomalies, ledger, lots
 
 
 @dataclass(frozen=True)
@@ -123,5 +123,32 @@ def account_entries(
             r.expiresAt,
             used.get(r.id, []),
         )
+        for r in rows
+    ], next_cursor
+
+
+@dataclass(frozen=True)
+class AnomalyView:
+    id: str
+    account_id: str
+    kind: str
+    entry_id: str | None
+    points: int
+    at: datetime
+    detected_at: datetime
+
+
+def ledger_anomalies(
+    conn: Connection, *, account_id: str | None = None, limit: int, cursor: str | None
+) -> tuple[list[AnomalyView], str | None]:
+    """One page of the ledger anomalies found so far, most recently found first."""
+    query = select(anomalies)
+    if account_id is not None:
+        query = query.where(anomalies.c.accountId == account_id)
+    rows, next_cursor = newest_first_page(
+        conn, query, anomalies.c.detectedAt, anomalies.c.id, limit=limit, cursor=cursor
+    )
+    return [
+        AnomalyView(r.id, r.accountId, r.kind, r.entryId, int(r.points), r.at, r.detectedAt)
         for r in rows
     ], next_cursor

@@ -239,8 +239,27 @@ def clear_projection(conn: Connection, account_ids: Collection[str]) -> None:
     conn.execute(delete(sync_state).where(sync_state.c.accountId.in_(ids)))
 
 
-def replay_accounts(conn: Connection, account_ids: Collection[str], now: datetime) -> int:
-    """Rebuild the accounts' projection from their ledger alone; returns the rows read."""
+@dataclass(frozen=True)
+class SyncStats:
+    accounts: int = 0
+    replayed: int = 0
+    """Accounts whose whole history was replayed (the others had rows appended)."""
+    rows: int = 0
+    """Ledger rows read."""
+    shortfalls: int = 0
+    """Debits found larger than what their instant allowed (recorded as anomalies)."""
+
+    def __add__(self, other: SyncStats) -> SyncStats:
+        return SyncStats(
+            self.accounts + other.accounts,
+            self.replayed + other.replayed,
+            self.rows + other.rows,
+            self.shortfalls + other.shortfalls,
+        )
+
+
+def replay_accounts(conn: Connection, account_ids: Collection[str], now: datetime) -> SyncStats:
+    """Rebuild the accounts' projection from their ledger alone."""
     histories = ledger_rows(conn, account_ids)
     writes = Writes.empty()
     rows_read = 0
@@ -254,26 +273,15 @@ def replay_accounts(conn: Connection, account_ids: Collection[str], now: datetim
             writes.states[account_id] = result.synced_through
     clear_projection(conn, account_ids)
     writes.apply(conn)
-    return rows_read
+    return SyncStats(
+        accounts=len(account_ids),
+        replayed=len(account_ids),
+        rows=rows_read,
+        shortfalls=len(writes.anomalies),
+    )
 
 
 # -- other writers' changes ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SyncStats:
-    accounts: int = 0
-    replayed: int = 0
-    """Accounts whose whole history was replayed (the others had rows appended)."""
-    rows: int = 0
-    """Ledger rows read."""
-
-    def __add__(self, other: SyncStats) -> SyncStats:
-        return SyncStats(
-            self.accounts + other.accounts,
-            self.replayed + other.replayed,
-            self.rows + other.rows,
-        )
 
 
 def pending_accounts(
@@ -358,21 +366,24 @@ def _apply_changes(
         if since is not None and account_id in synced and since > synced[account_id]
     }
     replayed = set(earliest) - set(appendable)
-    rows_read = 0
+    appended = SyncStats()
     if appendable:
-        fallen_back, rows_read = _append(conn, appendable, now)
+        fallen_back, appended = _append(conn, appendable, now)
         replayed |= fallen_back
+    stats = appended + SyncStats(accounts=len(earliest) - len(replayed))
     if replayed:
-        rows_read += replay_accounts(conn, replayed, now)
-    return SyncStats(accounts=len(earliest), replayed=len(replayed), rows=rows_read)
+        stats += replay_accounts(conn, replayed, now)
+    return stats
 
 
-def _append(conn: Connection, synced: dict[str, datetime], now: datetime) -> tuple[set[str], int]:
+def _append(
+    conn: Connection, synced: dict[str, datetime], now: datetime
+) -> tuple[set[str], SyncStats]:
     """Apply rows created after each account's ``syncedThrough`` on top of its lots.
 
     Returns the accounts that need a replay after all (an ``EXPIRE`` row among the
-    new ones, or a new debit dated before an expiry already recorded), and the
-    number of rows read.
+    new ones, or a new debit dated before an expiry already recorded), and what the
+    others took (their rows read and shortfalls found; accounts are counted by the caller).
     """
     ids = sorted(synced)
     new_rows: dict[str, list[LedgerRow]] = defaultdict(list)
@@ -423,7 +434,7 @@ def _append(conn: Connection, synced: dict[str, datetime], now: datetime) -> tup
         )
         writes.states[account_id] = rows[-1].created_at
     writes.apply(conn)
-    return replay_needed, rows_read
+    return replay_needed, SyncStats(rows=rows_read, shortfalls=len(writes.anomalies))
 
 
 SYNC_BATCH_ACCOUNTS = 2000

@@ -171,7 +171,15 @@ class CheckExpiringPointsJob:
 
     def _sync(self, summary: JobSummary) -> None:
         """Apply what other applications wrote to the ledger, so the plan is exact."""
-        summary.synced_accounts = sync_all(self.engine, self.clock()).accounts
+        stats = sync_all(self.engine, self.clock())
+        summary.synced_accounts, summary.ledger_anomalies = stats.accounts, stats.shortfalls
+        if stats.shortfalls:
+            log.warning(
+                "[CheckExpiringPointsJob] %d debit(s) written by other applications are larger"
+                " than what their account had at their instant; recorded as ledger anomalies"
+                " (see `rewards ledger check`)",
+                stats.shortfalls,
+            )
 
     def _expire(self, summary: JobSummary) -> None:
         # Never expire ahead of the real clock, even for an as-of later today.
@@ -371,7 +379,8 @@ class CheckExpiringPointsJob:
         summary = JobSummary(as_of=as_of, dry_run=True)
         with self.engine.connect() as conn, conn.begin() as preview:
             with summary.timed("sync"):
-                summary.synced_accounts = sync_all_in(conn, self.clock()).accounts
+                stats = sync_all_in(conn, self.clock())
+                summary.synced_accounts, summary.ledger_anomalies = stats.accounts, stats.shortfalls
             with summary.timed("expire"), projection_writes(conn):
                 summary.expired_entries, summary.expired_points = post_due_expirations(conn, as_of)
             with summary.timed("plan"):

@@ -60,6 +60,8 @@ class JobSummary:
     abandoned_runs: int = 0
     synced_accounts: int = 0
     """Accounts whose ledger other applications changed, brought up to date first."""
+    ledger_anomalies: int = 0
+    """Debits among those synced that their instant could not cover (see LedgerAnomaly)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per step: ``sync``, ``expire``, then ``plan`` (a dry run) or ``send``."""
 
@@ -100,6 +102,7 @@ class JobSummary:
             "dryRun": self.dry_run,
             "runId": self.run_id,
             "syncedAccounts": self.synced_accounts,
+            "ledgerAnomalies": self.ledger_anomalies,
             "expiredEntries": self.expired_entries,
             "expiredPoints": self.expired_points,
             "planned": self.planned,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, select
@@ -66,8 +67,16 @@ def missed_today(engine: Engine, settings: Settings, now: datetime) -> bool:
 def build_scheduler(
     engine: Engine, settings: Settings, *, catch_up: bool = True
 ) -> BackgroundScheduler:
-    """A scheduler running in a background thread; the caller starts and stops it."""
+    """A scheduler running in a background thread; the caller starts and stops it.
+
+    A missed run of today is caught up by the cron job itself, fired once at start
+    (its next run is then the rule's): no one-off job whose removal could race a stop.
+    """
     scheduler = BackgroundScheduler(timezone=settings.zone)
+    options: dict[str, Any] = {}
+    if catch_up and missed_today(engine, settings, utcnow()):
+        log.info("[%s] today's run was missed; running it now", JOB_ID)
+        options["next_run_time"] = datetime.now(settings.zone)
     scheduler.add_job(
         run_scheduled,
         cron_trigger(settings.notify_cron, settings.zone),
@@ -77,9 +86,7 @@ def build_scheduler(
         coalesce=True,
         max_instances=1,
         misfire_grace_time=MISFIRE_GRACE_SECONDS,
+        **options,
     )
-    if catch_up and missed_today(engine, settings, utcnow()):
-        log.info("[%s] today's run was missed; running it now", JOB_ID)
-        scheduler.add_job(run_scheduled, args=(engine, settings), id=f"{JOB_ID}-catch-up")
     log.info("[%s] scheduled for %s", JOB_ID, settings.notify_cron)
     return scheduler

@@ -11,6 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from rewards.api.deps import Admin, EngineDep, ReadConn, SettingsDep
 from rewards.api.routes.members import notification_out
 from rewards.api.schemas import (
+    AnomalyOut,
+    AnomalyPage,
     JobRunRequest,
     JobRunsOut,
     JobSummaryOut,
@@ -20,6 +22,7 @@ from rewards.api.schemas import (
     problem_responses,
 )
 from rewards.clock import utc_naive
+from rewards.ledger import history
 from rewards.notifications.history import LogFilter, list_logs
 from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.stats import notification_stats, recent_runs
@@ -64,6 +67,34 @@ def notifications(
 def stats(conn: ReadConn) -> StatsOut:
     """Counts by status and by tier and status, failures by reason, recent runs."""
     return StatsOut(**notification_stats(conn).as_json())
+
+
+@router.get("/ledger-anomalies", response_model=AnomalyPage)
+def ledger_anomalies(
+    conn: ReadConn,
+    accountId: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> AnomalyPage:
+    """What the ledger rules could not honour in rows other applications wrote, newest first."""
+    rows, next_cursor = history.ledger_anomalies(
+        conn, account_id=accountId, limit=limit, cursor=cursor
+    )
+    return AnomalyPage(
+        items=[
+            AnomalyOut(
+                id=a.id,
+                accountId=a.account_id,
+                kind=a.kind,
+                entryId=a.entry_id,
+                points=a.points,
+                at=a.at,
+                detectedAt=a.detected_at,
+            )
+            for a in rows
+        ],
+        nextCursor=next_cursor,
+    )
 
 
 @router.get("/job-runs", response_model=JobRunsOut)
