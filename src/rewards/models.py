@@ -135,7 +135,13 @@ class PointLedger(Base):
         ),
         Index("PointLedger_accountId_createdAt_idx", "accountId", "createdAt"),
         Index("PointLedger_expiresAt_idx", "expiresAt"),
-        Index("PointLedger_expiresAt_credit_idx", "expiresAt", "credit"),
+        # The seed's index, covering on PostgreSQL: its date-range read needs no heap.
+        Index(
+            "PointLedger_expiresAt_credit_idx",
+            "expiresAt",
+            "credit",
+            postgresql_include=["accountId", "id"],
+        ),
         Index("PointLedger_accountId_expiresAt_idx", "accountId", "expiresAt"),
         Index(
             "PointLedger_expire_once_idx",
@@ -278,7 +284,7 @@ class PointLot(Base):
         Index(
             "PointLot_live_expiresAt_idx",
             "expiresAt",
-            postgresql_include=["accountId", "remaining"],
+            postgresql_include=["accountId", "remaining", "createdAt"],
             postgresql_where=LIVE_LOT_SQL,
             sqlite_where=LIVE_LOT_SQL,
         ),

@@ -99,7 +99,7 @@ def test_a_run_in_progress_is_not_abandoned_by_a_run_that_cannot_take_the_lock(
     tmp_path: Path,
 ) -> None:
     Shop(engine).members_with_points([f"m{n:03d}" for n in range(40)], 100, DUE)
-    server = make_smtp_server(Behaviour(delay=0.05))
+    server = make_smtp_server(Behaviour(delay=0.2))  # 8 s in all: long enough to overlap
     env = rewards_env(database_url, server, REWARDS_SMTP_CONCURRENCY="1")
     as_of = ("--as-of", RUN_DAY.isoformat())
     with started_rewards("notify", "run", *as_of, env=env, cwd=tmp_path) as first:

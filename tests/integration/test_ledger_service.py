@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Connection, Engine, select, text
-from sqlalchemy.exc import IntegrityError
 
 from rewards.ids import new_id
 from rewards.ledger import service
@@ -432,15 +431,9 @@ def test_sync_all_brings_every_changed_account_up_to_date(engine: Engine) -> Non
     assert sync_all(engine, day(2)).accounts == 0
 
 
-# -- known bugs: these fail today (strict xfail, so a fix turns them into failures to unmark) ---
+# -- rows moved between accounts, writes mixed in one transaction ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="BUG: replaying the account a row moved to inserts a PointLot whose id the old"
-    " account's projection still holds (PointLot_pkey), until that account is synced too",
-)
 def test_a_credit_moved_to_another_account_by_raw_sql_counts_for_the_new_account(
     engine: Engine,
 ) -> None:
@@ -456,17 +449,8 @@ def test_a_credit_moved_to_another_account_by_raw_sql_counts_for_the_new_account
 
 
 def test_a_raw_write_later_in_a_transaction_the_service_wrote_in_is_noticed(
-    engine: Engine, backend: str, request: pytest.FixtureRequest
+    engine: Engine,
 ) -> None:
-    if backend == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: projection_writes leaves rewards.projection_writer 'on' for the rest"
-                " of the transaction, so the triggers ignore any later write in it",
-            )
-        )
     account = new_account(engine)
     with engine.begin() as conn:
         service.earn(conn, account, 100, as_of=T0)

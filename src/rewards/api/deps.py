@@ -14,18 +14,22 @@ from sqlalchemy import Connection, Engine
 from rewards.api.pages import Pages
 from rewards.config import Settings
 
+# The plain look-ups below are ``async``: FastAPI runs a sync dependency on a worker
+# thread, and a hop to a thread and back for reading an attribute costs more than the
+# request's own work when the server is busy.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_pages(request: Request) -> Pages:
+async def get_pages(request: Request) -> Pages:
     pages: Pages = request.app.state.pages
     return pages
 
@@ -53,8 +57,9 @@ def read_only(engine: EngineDep) -> Iterator[Connection]:
 # sent, so a client never sees 201 for a write that did not commit.
 # max_concurrency: requests beyond the connection pool wait on the event loop, not in a
 # worker thread; otherwise a burst larger than the thread pool could leave the requests
-# holding connections without a thread to finish on. 7 + 7 stays within the pool's 15.
-DB_CONCURRENCY = 7
+# holding connections without a thread to finish on. 8 + 8 is the pool's 16 kept open
+# (rewards.db.create_db_engine); healthz and metrics borrow from its overflow.
+DB_CONCURRENCY = 8
 Tx = Annotated[Connection, Depends(transaction, scope="function", max_concurrency=DB_CONCURRENCY)]
 ReadConn = Annotated[
     Connection, Depends(read_only, scope="function", max_concurrency=DB_CONCURRENCY)
@@ -85,12 +90,12 @@ def _token_kind(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def require_client(settings: SettingsDep, credentials: Credentials) -> None:
+async def require_client(settings: SettingsDep, credentials: Credentials) -> None:
     """Client applications: the API token (operators' admin token works too)."""
     _token_kind(settings, credentials)
 
 
-def require_admin(settings: SettingsDep, credentials: Credentials) -> None:
+async def require_admin(settings: SettingsDep, credentials: Credentials) -> None:
     """Operator endpoints: the admin token only; a client token is the wrong kind (403)."""
     if _token_kind(settings, credentials) != "admin":
         raise HTTPException(403, "this endpoint needs the admin token")

@@ -54,7 +54,7 @@ class Lot:
     created_at: datetime
     expires_at: datetime | None
     expired: bool = False
-    """Its expiry has been recorded (an ``EXPIRE`` entry at its instant exists)."""
+    """Points are left, and their expiry is recorded (an ``EXPIRE`` entry at its instant)."""
 
     def consumption_key(self) -> tuple[bool, datetime, datetime, str]:
         """Earliest-expiring first, never-expiring last, then creation time, then id."""
@@ -122,8 +122,9 @@ class Replay:
 def replay(rows: Iterable[LedgerRow], now: datetime) -> Replay:
     """Apply the rule to an account's history (rows in any order).
 
-    A lot's ``expired`` flag is set where its expiry has passed by ``now`` and an
-    ``EXPIRE`` row records its instant.
+    A lot's ``expired`` flag is set where points are left of it, its expiry has passed
+    by ``now`` and an ``EXPIRE`` row records that instant (a spent lot has nothing to
+    expire, and is never flagged).
     """
     ordered = sorted(rows, key=processing_key)
     result = Replay()
@@ -134,9 +135,6 @@ def replay(rows: Iterable[LedgerRow], now: datetime) -> Replay:
     for row in ordered:
         if row.credit > 0:
             lot = Lot(row.id, row.credit, row.credit, row.created_at, row.expires_at)
-            lot.expired = (
-                lot.expires_at is not None and lot.expires_at <= now and lot.expires_at in expiries
-            )
             result.lots.append(lot)
             heapq.heappush(heap, (lot.consumption_key(), lot))
             result.synced_through = _latest(result.synced_through, row.created_at)
@@ -155,6 +153,13 @@ def replay(rows: Iterable[LedgerRow], now: datetime) -> Replay:
             if wanted:
                 result.shortfalls.append(Shortfall(row.id, wanted, at))
             result.synced_through = _latest(result.synced_through, at)
+    for lot in result.lots:
+        lot.expired = (
+            lot.remaining > 0
+            and lot.expires_at is not None
+            and lot.expires_at <= now
+            and lot.expires_at in expiries
+        )
     return result
 
 

@@ -24,24 +24,31 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
+    Integer,
     Table,
+    Text,
+    any_,
     bindparam,
     delete,
     false,
     func,
     insert,
+    literal,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
+from rewards.db import keyed_reads
 from rewards.ledger.lots import (
     EXPIRE,
     Allocation,
@@ -73,8 +80,20 @@ def projection_writes(conn: Connection) -> Iterator[None]:
     triggers record after that is this transaction's own doing, removed at the end.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text(f"SELECT set_config('{WRITER_SETTING}', 'on', true)"))
+        # Evaluated left to right: the value before, then the switch.
+        previous = conn.scalar(
+            text(
+                f"SELECT coalesce(current_setting('{WRITER_SETTING}', true), ''),"
+                f" set_config('{WRITER_SETTING}', 'on', true)"
+            )
+        )
         yield
+        # Writes later in the same transaction are someone else's again. (After an error
+        # the transaction is rolled back, and the setting with it.)
+        conn.execute(
+            text(f"SELECT set_config('{WRITER_SETTING}', :previous, true)"),
+            {"previous": previous or ""},
+        )
         return
     conn.execute(update(changes).where(false()).values(id=changes.c.id))  # the write lock, now
     mark = conn.scalar(select(func.coalesce(func.max(changes.c.id), 0)))
@@ -90,37 +109,57 @@ def lock_accounts(conn: Connection, account_ids: Collection[str], *, skip_locked
     """
     if not account_ids:
         return set()
-    query = select(accounts.c.id).where(accounts.c.id.in_(sorted(account_ids)))
+    query = select(accounts.c.id).where(among(accounts.c.id, account_ids, conn.dialect.name))
     if conn.dialect.name == "postgresql":
         query = query.order_by(accounts.c.id).with_for_update(skip_locked=skip_locked)
     return set(conn.scalars(query))
 
 
+def among(column: Any, ids: Collection[str], dialect: str) -> Any:
+    """``column`` is one of ``ids``: one array parameter on PostgreSQL (a statement that
+    stays the same, whatever the count), an ``IN`` list on SQLite."""
+    if dialect == "postgresql":
+        return column == any_(literal(sorted(ids), ARRAY(Text)))
+    return column.in_(sorted(ids))
+
+
 # -- reading the ledger --------------------------------------------------------------------
 
 
-def _ledger_row(row: Any) -> LedgerRow:
-    return LedgerRow(row.id, row.entryType, row.credit, row.debit, row.createdAt, row.expiresAt)
-
-
-LEDGER_COLUMNS = (
-    ledger.c.accountId,
-    ledger.c.id,
-    ledger.c.entryType,
-    ledger.c.credit,
-    ledger.c.debit,
-    ledger.c.createdAt,
-    ledger.c.expiresAt,
+LEDGER_SQL = (
+    'SELECT "accountId", "id", "entryType", "credit", "debit", "createdAt", "expiresAt"'
+    ' FROM "PointLedger" WHERE "accountId" = ANY(%s)'
 )
 
 
 def ledger_rows(conn: Connection, account_ids: Collection[str]) -> dict[str, list[LedgerRow]]:
-    """The accounts' whole ledger histories, by account."""
+    """The accounts' whole ledger histories, by account.
+
+    On PostgreSQL the rows come straight from the driver as tuples: a full sync reads
+    every row of the ledger, and this is most of its time.
+    """
     by_account: dict[str, list[LedgerRow]] = defaultdict(list)
-    if account_ids:
-        query = select(*LEDGER_COLUMNS).where(ledger.c.accountId.in_(sorted(account_ids)))
-        for row in conn.execute(query):
-            by_account[row.accountId].append(_ledger_row(row))
+    if not account_ids:
+        return by_account
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            cursor.execute(LEDGER_SQL, (sorted(account_ids),))
+            for account_id, *fields in cursor:
+                by_account[account_id].append(LedgerRow(*fields))
+        return by_account
+    query = select(
+        ledger.c.accountId,
+        ledger.c.id,
+        ledger.c.entryType,
+        ledger.c.credit,
+        ledger.c.debit,
+        ledger.c.createdAt,
+        ledger.c.expiresAt,
+    ).where(ledger.c.accountId.in_(sorted(account_ids)))
+    for account_id, *fields in conn.execute(query):
+        by_account[account_id].append(LedgerRow(*fields))
     return by_account
 
 
@@ -130,113 +169,146 @@ def _lot(row: Any) -> Lot:
 
 # -- writing the projection ----------------------------------------------------------------
 
+LOT_COLUMNS = ("id", "accountId", "credited", "remaining", "createdAt", "expiresAt", "expired")
+ALLOCATION_COLUMNS = ("debitId", "lotId", "accountId", "points")
+ANOMALY_COLUMNS = ("id", "accountId", "kind", "entryId", "points", "at", "detectedAt")
+STATE_COLUMNS = ("accountId", "syncedThrough")
 
-def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+
+def insert_rows(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
     """Insert many rows: ``COPY`` on PostgreSQL when there are many, else one ``INSERT``."""
     if not rows:
         return
     if conn.dialect.name != "postgresql" or len(rows) < COPY_THRESHOLD:
-        conn.execute(insert(table), list(rows))
+        conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    columns = list(rows[0])
     names = ", ".join(f'"{c}"' for c in columns)
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row(tuple(row[c] for c in columns))
+            copy.write_row(row)
 
 
-def _lot_values(account_id: str, lot: Lot) -> dict[str, Any]:
-    return {
-        "id": lot.id,
-        "accountId": account_id,
-        "credited": lot.credited,
-        "remaining": lot.remaining,
-        "createdAt": lot.created_at,
-        "expiresAt": lot.expires_at,
-        "expired": lot.expired,
-    }
+def _lot_row(account_id: str, lot: Lot) -> tuple[Any, ...]:
+    return (
+        lot.id,
+        account_id,
+        lot.credited,
+        lot.remaining,
+        lot.created_at,
+        lot.expires_at,
+        lot.expired,
+    )
 
 
-def _allocation_values(account_id: str, allocation: Allocation) -> dict[str, Any]:
-    return {
-        "debitId": allocation.debit_id,
-        "lotId": allocation.lot_id,
-        "accountId": account_id,
-        "points": allocation.points,
-    }
-
-
-def _shortfall_values(account_id: str, shortfall: Shortfall, now: datetime) -> dict[str, Any]:
-    return {
-        "id": f"{SHORTFALL}:{shortfall.debit_id}",
-        "accountId": account_id,
-        "kind": SHORTFALL,
-        "entryId": shortfall.debit_id,
-        "points": shortfall.points,
-        "at": shortfall.at,
-        "detectedAt": now,
-    }
+def _shortfall_id(debit_id: str) -> str:
+    return f"{SHORTFALL}:{debit_id}"
 
 
 @dataclass
 class Writes:
     """What one step of keeping the projection up to date will write, gathered first."""
 
-    lots: list[dict[str, Any]]
-    remaining: list[dict[str, Any]]
-    allocations: list[dict[str, Any]]
-    anomalies: list[dict[str, Any]]
-    states: dict[str, datetime]
+    lots: list[tuple[Any, ...]] = field(default_factory=list)
+    remaining: dict[str, int] = field(default_factory=dict)
+    """Lot id -> its new ``remaining``."""
+    expired: list[str] = field(default_factory=list)
+    """Lots whose expiry the ledger now records."""
+    allocations: list[tuple[Any, ...]] = field(default_factory=list)
+    anomalies: list[tuple[Any, ...]] = field(default_factory=list)
+    states: dict[str, datetime] = field(default_factory=dict)
 
-    @classmethod
-    def empty(cls) -> Writes:
-        return cls([], [], [], [], {})
+    def add_lots(self, account_id: str, new: Iterable[Lot]) -> None:
+        self.lots.extend(_lot_row(account_id, lot) for lot in new)
 
     def add_allocations(
         self, account_id: str, made: Iterable[Allocation], short: Iterable[Shortfall], now: datetime
     ) -> None:
-        self.allocations.extend(_allocation_values(account_id, a) for a in made)
-        self.anomalies.extend(_shortfall_values(account_id, s, now) for s in short)
+        self.allocations.extend((a.debit_id, a.lot_id, account_id, a.points) for a in made)
+        self.anomalies.extend(
+            (_shortfall_id(s.debit_id), account_id, SHORTFALL, s.debit_id, s.points, s.at, now)
+            for s in short
+        )
 
     def apply(self, conn: Connection) -> None:
-        insert_rows(conn, lots, self.lots)
-        if self.remaining:
-            conn.execute(
-                update(lots)
-                .where(lots.c.id == bindparam("lot_id"))
-                .values(remaining=bindparam("left")),
-                self.remaining,
-            )
-        insert_rows(conn, allocations, self.allocations)
-        insert_rows(conn, anomalies, self.anomalies)
+        insert_rows(conn, lots, LOT_COLUMNS, self.lots)
+        _update_lots(conn, self.remaining, self.expired)
+        insert_rows(conn, allocations, ALLOCATION_COLUMNS, self.allocations)
+        insert_rows(conn, anomalies, ANOMALY_COLUMNS, self.anomalies)
         save_sync_state(conn, self.states)
+
+
+def _update_lots(conn: Connection, remaining: dict[str, int], expired: Sequence[str]) -> None:
+    """Set lots' ``remaining`` and ``expired`` in one statement each (PostgreSQL: from arrays)."""
+    if conn.dialect.name == "postgresql":
+        if remaining:
+            conn.execute(
+                text(
+                    'UPDATE "PointLot" AS l SET "remaining" = v.remaining'
+                    " FROM unnest(:ids, :remaining) AS v(id, remaining) WHERE l.id = v.id"
+                ).bindparams(
+                    bindparam("ids", list(remaining), type_=ARRAY(Text)),
+                    bindparam("remaining", list(remaining.values()), type_=ARRAY(Integer)),
+                )
+            )
+        if expired:
+            conn.execute(
+                update(lots).where(among(lots.c.id, expired, "postgresql")).values(expired=True)
+            )
+        return
+    if remaining:
+        conn.execute(
+            update(lots)
+            .where(lots.c.id == bindparam("lot_id"))
+            .values(remaining=bindparam("left")),
+            [{"lot_id": k, "left": v} for k, v in remaining.items()],
+        )
+    if expired:
+        conn.execute(update(lots).where(lots.c.id.in_(list(expired))).values(expired=True))
 
 
 def save_sync_state(conn: Connection, states: dict[str, datetime]) -> None:
     """Upsert ``syncedThrough`` per account (as a delete and an insert, on both databases)."""
     if not states:
         return
-    conn.execute(delete(sync_state).where(sync_state.c.accountId.in_(sorted(states))))
-    insert_rows(
-        conn,
-        sync_state,
-        [{"accountId": a, "syncedThrough": t} for a, t in sorted(states.items())],
-    )
+    conn.execute(delete(sync_state).where(among(sync_state.c.accountId, states, conn.dialect.name)))
+    insert_rows(conn, sync_state, STATE_COLUMNS, sorted(states.items()))
 
 
-def clear_projection(conn: Connection, account_ids: Collection[str]) -> None:
-    """Forget everything derived for the accounts (before a replay writes it anew)."""
-    if not account_ids:
+def clear_projection(
+    conn: Connection, account_ids: Collection[str], replacing: Writes | None = None
+) -> None:
+    """Forget what was derived for the accounts, before a replay writes ``replacing``.
+
+    Rows another application moved from one account to another keep their ids: the
+    lots, allocations and anomalies about to be written are also cleared by id, from
+    whichever account held them.
+    """
+    dialect = conn.dialect.name
+    if account_ids:
+        conn.execute(delete(lots).where(among(lots.c.accountId, account_ids, dialect)))
+        conn.execute(
+            delete(allocations).where(among(allocations.c.accountId, account_ids, dialect))
+        )
+        conn.execute(
+            delete(anomalies).where(
+                among(anomalies.c.accountId, account_ids, dialect), anomalies.c.kind == SHORTFALL
+            )
+        )
+        conn.execute(delete(sync_state).where(among(sync_state.c.accountId, account_ids, dialect)))
+    if replacing is None:
         return
-    ids = sorted(account_ids)
-    conn.execute(delete(lots).where(lots.c.accountId.in_(ids)))
-    conn.execute(delete(allocations).where(allocations.c.accountId.in_(ids)))
-    conn.execute(
-        delete(anomalies).where(anomalies.c.accountId.in_(ids), anomalies.c.kind == SHORTFALL)
-    )
-    conn.execute(delete(sync_state).where(sync_state.c.accountId.in_(ids)))
+    if replacing.lots:
+        conn.execute(delete(lots).where(among(lots.c.id, [r[0] for r in replacing.lots], dialect)))
+    if replacing.allocations:
+        debits = {r[0] for r in replacing.allocations}
+        conn.execute(delete(allocations).where(among(allocations.c.debitId, debits, dialect)))
+    if replacing.anomalies:
+        ids = [r[0] for r in replacing.anomalies]
+        conn.execute(delete(anomalies).where(among(anomalies.c.id, ids, dialect)))
 
 
 @dataclass(frozen=True)
@@ -261,17 +333,24 @@ class SyncStats:
 def replay_accounts(conn: Connection, account_ids: Collection[str], now: datetime) -> SyncStats:
     """Rebuild the accounts' projection from their ledger alone."""
     histories = ledger_rows(conn, account_ids)
-    writes = Writes.empty()
+    writes = Writes()
     rows_read = 0
     for account_id in account_ids:
         history = histories.get(account_id, [])
         rows_read += len(history)
         result = replay(history, now)
-        writes.lots.extend(_lot_values(account_id, lot) for lot in result.lots)
+        writes.add_lots(account_id, result.lots)
         writes.add_allocations(account_id, result.allocations, result.shortfalls, now)
         if result.synced_through is not None:
             writes.states[account_id] = result.synced_through
-    clear_projection(conn, account_ids)
+    derived = set(
+        conn.scalars(
+            select(sync_state.c.accountId).where(
+                among(sync_state.c.accountId, account_ids, conn.dialect.name)
+            )
+        )
+    )
+    clear_projection(conn, derived, replacing=writes)
     writes.apply(conn)
     return SyncStats(
         accounts=len(account_ids),
@@ -292,7 +371,7 @@ def pending_accounts(
     if account_ids is not None:
         if not account_ids:
             return []
-        query = query.where(changes.c.accountId.in_(sorted(account_ids)))
+        query = query.where(among(changes.c.accountId, account_ids, conn.dialect.name))
     if limit is not None:
         query = query.limit(limit)
     return list(conn.scalars(query))
@@ -328,7 +407,7 @@ def sync_changes(
         return SyncStats()
     records = conn.execute(
         select(changes.c.id, changes.c.accountId, changes.c.since).where(
-            changes.c.accountId.in_(batch)
+            among(changes.c.accountId, batch, conn.dialect.name)
         )
     ).all()
     earliest: dict[str, datetime | None] = {}
@@ -341,12 +420,20 @@ def sync_changes(
             None if since is None or current is None else min(since, current)
         )
     stats = _apply_changes(conn, earliest, now)
-    conn.execute(delete(changes).where(changes.c.id.in_([r.id for r in records])))
+    read = [r.id for r in records]
+    if conn.dialect.name == "postgresql":
+        conn.execute(delete(changes).where(changes.c.id == any_(literal(read, ARRAY(BigInteger)))))
+    else:
+        conn.execute(delete(changes).where(changes.c.id.in_(read)))
     return stats
 
 
 def _existing(conn: Connection, account_ids: Collection[str]) -> set[str]:
-    return set(conn.scalars(select(accounts.c.id).where(accounts.c.id.in_(sorted(account_ids)))))
+    return set(
+        conn.scalars(
+            select(accounts.c.id).where(among(accounts.c.id, account_ids, conn.dialect.name))
+        )
+    )
 
 
 def _apply_changes(
@@ -356,7 +443,7 @@ def _apply_changes(
     synced = dict(
         conn.execute(
             select(sync_state.c.accountId, sync_state.c.syncedThrough).where(
-                sync_state.c.accountId.in_(sorted(earliest))
+                among(sync_state.c.accountId, earliest, conn.dialect.name)
             )
         ).all()
     )
@@ -381,58 +468,84 @@ def _append(
 ) -> tuple[set[str], SyncStats]:
     """Apply rows created after each account's ``syncedThrough`` on top of its lots.
 
-    Returns the accounts that need a replay after all (an ``EXPIRE`` row among the
-    new ones, or a new debit dated before an expiry already recorded), and what the
-    others took (their rows read and shortfalls found; accounts are counted by the caller).
+    A new ``EXPIRE`` row consumes nothing: it marks the lots of its instant expired.
+    Returns the accounts that need a replay after all (a new debit dated before an
+    expiry already recorded), and what the others took (rows read, shortfalls found;
+    accounts are counted by the caller).
     """
     ids = sorted(synced)
+    dialect = conn.dialect.name
     new_rows: dict[str, list[LedgerRow]] = defaultdict(list)
     query = (
-        select(*LEDGER_COLUMNS)
+        select(
+            ledger.c.accountId,
+            ledger.c.id,
+            ledger.c.entryType,
+            ledger.c.credit,
+            ledger.c.debit,
+            ledger.c.createdAt,
+            ledger.c.expiresAt,
+        )
         .join(sync_state, sync_state.c.accountId == ledger.c.accountId)
-        .where(ledger.c.accountId.in_(ids), ledger.c.createdAt > sync_state.c.syncedThrough)
+        .where(
+            among(ledger.c.accountId, ids, dialect),
+            ledger.c.createdAt > sync_state.c.syncedThrough,
+        )
     )
     rows_read = 0
-    for found in conn.execute(query):
-        new_rows[found.accountId].append(_ledger_row(found))
+    for account_id, *fields in conn.execute(query):
+        new_rows[account_id].append(LedgerRow(*fields))
         rows_read += 1
     current: dict[str, list[Lot]] = defaultdict(list)
     for held_lot in conn.execute(
-        select(lots).where(lots.c.accountId.in_(ids), lots.c.remaining > 0)
+        select(lots).where(among(lots.c.accountId, ids, dialect), lots.c.remaining > 0)
     ):
         current[held_lot.accountId].append(_lot(held_lot))
 
     replay_needed: set[str] = set()
-    writes = Writes.empty()
+    writes = Writes()
     for account_id in ids:
         rows = sorted(new_rows.get(account_id, []), key=processing_key)
         if not rows:
             continue
-        first = rows[0].created_at
+        consuming = [r for r in rows if r.credit > 0 or r.consumes]
         held = current.get(account_id, [])
-        if any(r.entry_type == EXPIRE for r in rows) or any(
-            lot.expired and lot.expires_at is not None and lot.expires_at > first for lot in held
+        if consuming and any(
+            lot.expired and lot.expires_at is not None and lot.expires_at > consuming[0].created_at
+            for lot in held
         ):
             replay_needed.add(account_id)
             continue
         before = {lot.id: lot.remaining for lot in held}
         added: list[Lot] = []
-        for row in rows:
+        for row in consuming:
             if row.credit > 0:
                 lot = Lot(row.id, row.credit, row.credit, row.created_at, row.expires_at)
                 held.append(lot)
                 added.append(lot)
-            elif row.consumes:
+            else:
                 made, short = allocate(held, row.id, row.debit, row.created_at)
                 shortfalls = [Shortfall(row.id, short, row.created_at)] if short else []
                 writes.add_allocations(account_id, made, shortfalls, now)
-        writes.lots.extend(_lot_values(account_id, lot) for lot in added)
-        writes.remaining.extend(
-            {"lot_id": lot.id, "left": lot.remaining}
-            for lot in held
-            if lot.id in before and lot.remaining != before[lot.id]
-        )
-        writes.states[account_id] = rows[-1].created_at
+        recorded = {r.expires_at for r in rows if r.entry_type == EXPIRE and r.debit > 0}
+        for lot in held:
+            if lot.id in before and lot.remaining != before[lot.id]:
+                writes.remaining[lot.id] = lot.remaining
+            if (
+                not lot.expired
+                and lot.remaining > 0
+                and lot.expires_at is not None
+                and lot.expires_at <= now
+                and lot.expires_at in recorded
+            ):
+                lot.expired = True
+                if lot.id in before:
+                    writes.expired.append(lot.id)
+        writes.add_lots(account_id, added)
+        if consuming:
+            writes.states[account_id] = max(
+                synced[account_id], max(r.created_at for r in consuming)
+            )
     writes.apply(conn)
     return replay_needed, SyncStats(rows=rows_read, shortfalls=len(writes.anomalies))
 
@@ -455,7 +568,7 @@ def sync_all(
     """
     total = SyncStats()
     while True:
-        with engine.begin() as conn, projection_writes(conn):
+        with engine.begin() as conn, projection_writes(conn), keyed_reads(conn):
             stats = sync_changes(conn, now, limit=batch_accounts)
         total += stats
         if progress is not None and stats.accounts:
@@ -469,7 +582,7 @@ def sync_all_in(
 ) -> SyncStats:
     """:func:`sync_all` inside the caller's transaction (a dry run rolls it back)."""
     total = SyncStats()
-    with projection_writes(conn):
+    with projection_writes(conn), keyed_reads(conn):
         while True:
             stats = sync_changes(conn, now, limit=batch_accounts)
             total += stats

@@ -188,12 +188,11 @@ def balance(
 ) -> BalanceOut:
     """Spendable points now and, per date, the unspent points expiring in the next ``days``."""
     now = utcnow()
-    available = ledger.balance(conn, accountId, now)
-    expiring = ledger.upcoming_expirations(
+    held = ledger.holdings(
         conn, [accountId], as_of=now, until=now + timedelta(days=days), zone=settings.zone
     )
     return BalanceOut(
         accountId=accountId,
-        available=available,
-        expiring=[ExpiringOut(date=e.date, points=e.points) for e in expiring],
+        available=held.available,
+        expiring=[ExpiringOut(date=e.date, points=e.points) for e in held.expiring],
     )

@@ -62,8 +62,8 @@ def balance_page(
     zone = settings.zone
     today = local_date(now, zone)
     until = local_midnight_utc(today + timedelta(days=WINDOW_DAYS + 1), zone)
-    available = ledger.total_balance(conn, account_ids, now)
-    expiring = ledger.upcoming_expirations(conn, account_ids, as_of=now, until=until, zone=zone)
+    held = ledger.holdings(conn, account_ids, as_of=now, until=until, zone=zone)
+    available, expiring = held.available, held.expiring
 
     unsubscribe = None
     if member.email_notifications:

@@ -111,14 +111,13 @@ def expiring_points(
     """The member's spendable points and, per date, the unspent points that will expire."""
     now = utcnow()
     account_ids = members.account_ids_of(conn, userId)
-    available = ledger.total_balance(conn, account_ids, now)
-    expiring = ledger.upcoming_expirations(
+    held = ledger.holdings(
         conn, account_ids, as_of=now, until=now + timedelta(days=days), zone=settings.zone
     )
     return MemberExpiringOut(
         userId=userId,
-        available=available,
-        expiring=[ExpiringOut(date=e.date, points=e.points) for e in expiring],
+        available=held.available,
+        expiring=[ExpiringOut(date=e.date, points=e.points) for e in held.expiring],
     )
 
 

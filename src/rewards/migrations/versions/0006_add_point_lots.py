@@ -8,7 +8,10 @@
   account once; the service's own writes set ``rewards.projection_writer`` and
   are not recorded. SQLite: row-level triggers;
 * every account that already has ledger rows is recorded as changed, so
-  ``rewards ledger sync`` (or the next run of the job) builds its lots.
+  ``rewards ledger sync`` (or the next run of the job) builds its lots;
+* on PostgreSQL the seed's ``PointLedger_expiresAt_credit_idx`` (same name, same
+  key) also carries ``accountId`` and ``id``, so the seed's date-range read of
+  credits is an index-only scan.
 
 Revision ID: add_point_lots
 Revises: record_abandoned_runs
@@ -105,7 +108,7 @@ def upgrade() -> None:
         "PointLot_live_expiresAt_idx",
         "PointLot",
         ["expiresAt"],
-        postgresql_include=["accountId", "remaining"],
+        postgresql_include=["accountId", "remaining", "createdAt"],
         postgresql_where=LIVE_LOT,
         sqlite_where=LIVE_LOT,
     )
@@ -163,6 +166,15 @@ def upgrade() -> None:
         op.execute(POSTGRES_FUNCTION)
         for name, when in POSTGRES_TRIGGERS.items():
             op.execute(f'CREATE TRIGGER "{name}" {when} EXECUTE FUNCTION rewards_ledger_changed()')
+    if not is_sqlite():
+        # The seed's index, covering: its date-range read of credits needs no heap fetch.
+        op.drop_index("PointLedger_expiresAt_credit_idx", table_name="PointLedger")
+        op.create_index(
+            "PointLedger_expiresAt_credit_idx",
+            "PointLedger",
+            ["expiresAt", "credit"],
+            postgresql_include=["accountId", "id"],
+        )
     # Existing ledgers: every account with rows gets its lots at the next sync.
     op.execute(
         'INSERT INTO "LedgerChange" ("accountId")'
@@ -178,6 +190,8 @@ def downgrade() -> None:
         for name in POSTGRES_TRIGGERS:
             op.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "PointLedger"')
         op.execute("DROP FUNCTION IF EXISTS rewards_ledger_changed()")
+        op.drop_index("PointLedger_expiresAt_credit_idx", table_name="PointLedger")
+        op.create_index("PointLedger_expiresAt_credit_idx", "PointLedger", ["expiresAt", "credit"])
     for table in (
         "LedgerSyncState",
         "LedgerChange",
