@@ -287,6 +287,16 @@ def vacuum_analyze(url: str, tables: Iterable[str] = ()) -> float:
     return time.perf_counter() - started
 
 
+def snapshot(url: str, name: str) -> None:
+    """A copy of the benchmark's database as it stands (no one may be connected to it)."""
+    source = make_url(url)
+    admin = source.set(database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source.database}" STRATEGY FILE_COPY')
+    say(f"snapshot of the database before the daily run: {name}")
+
+
 def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
     row = conn.execute(sql, params).fetchone()
     assert row is not None
@@ -796,6 +806,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--check", action="store_true", help="exit 1 on a wrong plan or a scan")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument(
+        "--snapshot",
+        metavar="NAME",
+        help="copy the database as it stands before the daily run into NAME (to investigate)",
+    )
     parser.add_argument("--phase", choices=["job"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", help=argparse.SUPPRESS)
@@ -893,6 +908,8 @@ def run_benchmark(url: str, args: argparse.Namespace, scratch: Path) -> int:
         f"one more day: {day_rows:,} ledger rows with COPY in {day_s:.2f}s; {pending:,} accounts"
         " recorded as changed"
     )
+    if args.snapshot:
+        snapshot(url, args.snapshot)
     plan_file = scratch / "plan.tsv"
     runs: list[dict[str, Any]] = []
     job_peak = 0.0

@@ -25,6 +25,13 @@ class EmailBackend(StrEnum):
     CONSOLE = "console"
 
 
+class Dispatch(StrEnum):
+    """Who delivers the reminders the job writes to the outbox."""
+
+    INLINE = "inline"
+    CELERY = "celery"
+
+
 class SmtpSecurity(StrEnum):
     """How the SMTP connection is protected."""
 
@@ -69,6 +76,11 @@ class Settings(BaseSettings):
     notify_max_attempts: int = Field(default=3, ge=1, le=100)
     notify_batch_size: int = Field(default=1000, ge=1, le=100_000)
     notify_lease_seconds: int = Field(default=900, ge=1)
+
+    # Delivery.
+    dispatch: Dispatch = Dispatch.INLINE
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    send_rate: float | None = Field(default=None, gt=0, le=1_000_000)
 
     # HTTP.
     public_url: str = "http://127.0.0.1:8000"

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -40,6 +41,7 @@ statement's generic plan cannot infer the index from a parameter)."""
 LIVE_LOT_SQL = text('"remaining" > 0 AND NOT "expired"')
 """Lots with points left whose expiry is not yet recorded: the partial indexes of ``PointLot``.
 Queries that should use those indexes spell the predicate with this same text."""
+UNSETTLED_SQL = text('"settledAt" IS NULL')
 NOW = text("CURRENT_TIMESTAMP")
 
 
@@ -190,6 +192,13 @@ class NotificationLog(Base):
             "expirationDate",
         ),
         Index("NotificationLog_status_createdAt_idx", "status", "createdAt"),
+        # The plan reads the rows of its window's dates in one range, to leave out the keys
+        # already settled (index-only on PostgreSQL), rather than probing twice per key.
+        Index(
+            "NotificationLog_expirationDate_idx",
+            "expirationDate",
+            postgresql_include=["userId", "notificationType", "status"],
+        ),
         Index(
             "NotificationLog_live_key_idx",
             "userId",
@@ -281,10 +290,12 @@ class PointLot(Base):
             postgresql_where=LIVE_LOT_SQL,
             sqlite_where=LIVE_LOT_SQL,
         ),
+        # The job's range reads by expiry: due expirations (by account) and the plan (by
+        # member), both index-only on PostgreSQL.
         Index(
             "PointLot_live_expiresAt_idx",
             "expiresAt",
-            postgresql_include=["accountId", "remaining", "createdAt"],
+            postgresql_include=["accountId", "userId", "remaining"],
             postgresql_where=LIVE_LOT_SQL,
             sqlite_where=LIVE_LOT_SQL,
         ),
@@ -293,6 +304,10 @@ class PointLot(Base):
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
     """The id of the credit's ``PointLedger`` row."""
     accountId: Mapped[str] = mapped_column("accountId", Text)
+    userId: Mapped[str] = mapped_column("userId", Text)
+    """The account's member, so the plan sums per member without joining ``Account`` (at 10
+    million ledger rows that join is most of the plan's time). An account moved to another
+    member is recorded in ``LedgerChange`` by a trigger, and its lots are rewritten."""
     credited: Mapped[int] = mapped_column("credited", Integer)
     remaining: Mapped[int] = mapped_column("remaining", Integer)
     createdAt: Mapped[datetime] = mapped_column("createdAt", Timestamp)
@@ -342,8 +357,9 @@ class LedgerChange(Base):
     """An account whose ledger rows another application wrote: its lots must be replayed.
 
     Written by triggers on ``PointLedger`` (the service's own writes keep the projection
-    up to date themselves). ``since`` is the earliest ``createdAt`` an insert brought;
-    NULL when rows were updated or deleted, which always calls for a full replay.
+    up to date themselves), and on ``Account`` when an account changes member (its lots
+    carry the member). ``since`` is the earliest ``createdAt`` an insert brought; NULL
+    when rows were updated or deleted, or the account moved: always a full replay.
     """
 
     __tablename__ = "LedgerChange"
@@ -370,3 +386,50 @@ class LedgerSyncState(Base):
 
     accountId: Mapped[str] = mapped_column("accountId", Text, primary_key=True)
     syncedThrough: Mapped[datetime] = mapped_column("syncedThrough", Timestamp)
+
+
+class NotificationDelivery(Base):
+    """How one ``NotificationLog`` row is being delivered: the outbox's bookkeeping.
+
+    A row is written with its log row. While its log row is ``PENDING`` it is in the
+    outbox: a dispatcher claims it by setting ``leaseUntil`` (no other claims it
+    until then), sends it and settles both rows; ``settledAt`` says it is done.
+    ``runId`` is the run now responsible for it (counts, waiting); ``tries`` counts
+    claims, so a claim after the first is a re-send.
+    """
+
+    __tablename__ = "NotificationDelivery"
+    __table_args__ = (
+        Index("NotificationDelivery_runId_idx", "runId"),
+        Index(
+            "NotificationDelivery_unsettled_idx",
+            "queuedAt",
+            postgresql_where=UNSETTLED_SQL,
+            sqlite_where=UNSETTLED_SQL,
+        ),
+    )
+
+    logId: Mapped[str] = mapped_column(
+        "logId",
+        Text,
+        ForeignKey(
+            "NotificationLog.id", name="NotificationDelivery_logId_fkey", ondelete="CASCADE"
+        ),
+        primary_key=True,
+    )
+    runId: Mapped[str | None] = mapped_column("runId", Text)
+    queuedAt: Mapped[datetime] = mapped_column("queuedAt", Timestamp)
+    leaseUntil: Mapped[datetime | None] = mapped_column("leaseUntil", Timestamp)
+    claimedBy: Mapped[str | None] = mapped_column("claimedBy", Text)
+    tries: Mapped[int] = mapped_column("tries", Integer, server_default=text("0"))
+    settledAt: Mapped[datetime | None] = mapped_column("settledAt", Timestamp)
+
+
+class SendRateBucket(Base):
+    """A token bucket shared by every dispatcher: ``REWARDS_SEND_RATE`` across all workers."""
+
+    __tablename__ = "SendRateBucket"
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    tokens: Mapped[float] = mapped_column("tokens", Float)
+    refilledAt: Mapped[datetime] = mapped_column("refilledAt", Timestamp)

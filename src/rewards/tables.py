@@ -16,11 +16,13 @@ from rewards.models import (
     LedgerAnomaly,
     LedgerChange,
     LedgerSyncState,
+    NotificationDelivery,
     NotificationJobRun,
     NotificationLog,
     PointAllocation,
     PointLedger,
     PointLot,
+    SendRateBucket,
     User,
 )
 
@@ -34,3 +36,5 @@ allocations = cast(Table, PointAllocation.__table__)
 anomalies = cast(Table, LedgerAnomaly.__table__)
 changes = cast(Table, LedgerChange.__table__)
 sync_state = cast(Table, LedgerSyncState.__table__)
+deliveries = cast(Table, NotificationDelivery.__table__)
+send_rate = cast(Table, SendRateBucket.__table__)

@@ -8,8 +8,6 @@ not listening at all. Backoff is shrunk to milliseconds so retries stay fast.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import io
 import time
 from collections import Counter
@@ -30,7 +28,12 @@ from rewards.notifications.delivery import (
     SmtpSender,
     create_sender,
 )
-from rewards.notifications.messages import MessageBuilder, Reminder
+from rewards.notifications.messages import (
+    MessageBuilder,
+    Reminder,
+    RenderedMessage,
+    parse_message,
+)
 from tests.smtp_server import Behaviour, SmtpServer, Step
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -58,13 +61,13 @@ def smtp_settings(server: SmtpServer, **overrides: Any) -> Settings:
     return base_settings(**{**server.settings_overrides(), "smtp_retries": RETRIES, **overrides})
 
 
-def reminders(count: int, *, emails: Sequence[str] | None = None) -> list[EmailMessage]:
+def reminders(count: int, *, emails: Sequence[str] | None = None) -> list[RenderedMessage]:
     builder = MessageBuilder(base_settings(), clock=lambda: NOW)
     addresses = (
         list(emails) if emails is not None else [f"member{i}@example.com" for i in range(count)]
     )
     return [
-        builder.build(
+        builder.render(
             Reminder(
                 log_id=f"clog{i:021d}",
                 user_id=f"cuser{i:020d}",
@@ -80,10 +83,12 @@ def reminders(count: int, *, emails: Sequence[str] | None = None) -> list[EmailM
     ]
 
 
-def send(sender: Sender, messages: Sequence[EmailMessage]) -> list[Outcome]:
+def send(sender: Sender, messages: Sequence[RenderedMessage]) -> list[Outcome]:
+    """Send ``messages`` at once (as a dispatcher does); their outcomes in the same order."""
+
     async def run() -> list[Outcome]:
         async with sender:
-            return await sender.send_many(messages)
+            return list(await asyncio.gather(*(sender.send(m) for m in messages)))
 
     return asyncio.run(run())
 
@@ -105,8 +110,9 @@ def test_an_accepted_message_arrives_intact(smtp_server: SmtpServer) -> None:
     [received] = smtp_server.envelopes
     assert received.mail_from == "rewards@acme.example"
     assert received.rcpt_tos == ["member0@example.com"]
+    sent = parse_message(message.data)
     for header in ("Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post", "Subject", "To"):
-        assert received.message[header] == message[header]
+        assert received.message[header] == sent[header]
     assert received.message["List-Unsubscribe"].startswith(
         "<https://rewards.example.com/unsubscribe?token="
     )
@@ -123,7 +129,7 @@ def test_connections_are_reused_across_batches_and_closed_at_the_end(
         outcomes: list[Outcome] = []
         async with sender:
             for batch in batches:
-                outcomes += await sender.send_many(batch)
+                outcomes += [await sender.send(m) for m in batch]
         return outcomes
 
     assert all(o.delivered for o in asyncio.run(run()))
@@ -142,7 +148,7 @@ def test_many_messages_share_a_bounded_pool_of_connections(make_smtp_server: Mak
 
     assert all(o.delivered for o in outcomes)
     received = Counter(server.message_ids())
-    assert received == Counter(str(m["Message-ID"]) for m in messages)
+    assert received == Counter(m.message_id for m in messages)
     assert set(received.values()) == {1}
     assert 2 <= server.max_concurrent <= 4
     assert server.connections <= 4
@@ -164,7 +170,7 @@ def test_outcomes_come_back_in_input_order(make_smtp_server: MakeServer) -> None
 def test_sending_outside_the_context_is_a_programming_error(smtp_server: SmtpServer) -> None:
     sender = fast_smtp(smtp_settings(smtp_server))
     with pytest.raises(RuntimeError, match="async with"):
-        asyncio.run(sender.send_many(reminders(1)))
+        asyncio.run(sender.send(reminders(1)[0]))
 
 
 # --- SMTP: failures -------------------------------------------------------------------------
@@ -281,11 +287,10 @@ def test_file_backend_writes_parseable_eml_files(tmp_path: Path) -> None:
 
     assert all(o.delivered for o in outcomes)
     assert sorted(p.name for p in outbox.iterdir()) == [f"clog{i:021d}.eml" for i in range(3)]
-    for message in messages:
-        local = str(message["Message-ID"]).strip("<>").split("@")[0]
-        parsed = email.message_from_bytes(
-            (outbox / f"{local}.eml").read_bytes(), policy=email.policy.default
-        )
+    for rendered in messages:
+        message = parse_message(rendered.data)
+        local = rendered.message_id.strip("<>").split("@")[0]
+        parsed = parse_message((outbox / f"{local}.eml").read_bytes())
         assert isinstance(parsed, EmailMessage)
         for header in (
             "From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe",
@@ -332,7 +337,7 @@ def test_console_backend_prints_a_summary() -> None:
     printed = stream.getvalue()
     assert "To: Member 0 <member0@example.com>\n" in printed
     assert "Subject: 100 points expire in 7 days\n" in printed
-    assert f"Message-ID: {message['Message-ID']}\n" in printed
+    assert f"Message-ID: {message.message_id}\n" in printed
     assert "100 points in your rewards balance expire in 7 days" in printed
 
 

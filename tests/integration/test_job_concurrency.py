@@ -150,6 +150,9 @@ def test_a_run_killed_mid_send_is_finished_by_the_next_run_with_the_same_message
         server,
         REWARDS_NOTIFY_BATCH_SIZE=str(BATCH_SIZE),
         REWARDS_SMTP_CONCURRENCY="2",
+        # The lease a sender takes on what it sends: once it runs out, what a dead
+        # sender held is anyone's to finish.
+        REWARDS_NOTIFY_LEASE_SECONDS="1",
     )
 
     with started_rewards("notify", "run", "--as-of", AS_OF, env=env, cwd=tmp_path) as process:
@@ -168,14 +171,14 @@ def test_a_run_killed_mid_send_is_finished_by_the_next_run_with_the_same_message
     in_flight = left["PENDING"]
     assert 0 < in_flight <= BATCH_SIZE, left
 
-    time.sleep(max(0.0, killed_at + 1.1 - time.monotonic()))  # past the 1-second lease below
+    time.sleep(max(0.0, killed_at + 1.1 - time.monotonic()))  # past the 1-second lease
     result = run_rewards(
         "notify",
         "run",
         "--as-of",
         AS_OF,
         "--json",
-        env={**env, "REWARDS_NOTIFY_LEASE_SECONDS": "1", "REWARDS_SMTP_CONCURRENCY": "8"},
+        env={**env, "REWARDS_SMTP_CONCURRENCY": "8"},
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr

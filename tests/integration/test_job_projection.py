@@ -165,3 +165,21 @@ def test_a_run_reports_debits_their_instant_could_not_cover(
     assert summary.ledger_anomalies == 1
     assert summary.as_json()["ledgerAnomalies"] == 1
     assert summary.planned == 0  # the 50 were spent; the 30 short were not taken elsewhere
+
+
+def test_an_account_moved_to_another_member_is_reminded_to_its_new_member(
+    programme: Programme, run: Callable[..., JobSummary], engine: Engine
+) -> None:
+    # Lots carry their account's member; another application moving the account (two
+    # memberships merged, say) is recorded, and the account's lots follow it.
+    first = programme.member(email="ann@example.com")
+    second = programme.member(email="bob@example.com", name="Bob Lee")
+    account = programme.account(first)
+    programme.earn(account, 100, EXPIRES, at=datetime(2029, 12, 1, 10, 0))
+    with engine.begin() as conn:
+        conn.execute(
+            text('UPDATE "Account" SET "userId" = :u WHERE "id" = :a'), {"u": second, "a": account}
+        )
+    summary = run(D - timedelta(days=7))
+    assert summary.synced_accounts == 1
+    assert [(u, p) for u, *_, p, _ in logs(engine)] == [(second, 100)]

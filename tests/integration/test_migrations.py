@@ -180,7 +180,7 @@ def test_schema_differences_reports_pending_migrations_and_drift(
     assert any("PointLedger_expiresAt_credit_idx" in p for p in problems)
 
 
-@pytest.mark.parametrize("revision", ["nonexistent", "+7"])
+@pytest.mark.parametrize("revision", ["nonexistent", "+99"])
 def test_an_unknown_revision_is_a_clear_error(
     revision: str, empty_database_url: str, make_engine: Callable[[str], Engine]
 ) -> None:

@@ -10,7 +10,7 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from rewards.cli import db, demo, ledger, notify, scheduler, serve
+from rewards.cli import db, demo, ledger, notify, scheduler, serve, worker
 from rewards.cli.context import AppContext, err
 from rewards.config import SettingsError
 from rewards.db import DatabaseUnavailable
@@ -32,6 +32,7 @@ app.add_typer(notify.app, name="notify")
 app.command(name="scheduler")(scheduler.scheduler)
 app.command(name="serve")(serve.serve)
 app.command(name="demo")(demo.demo)
+app.command(name="worker")(worker.worker)
 
 
 @app.callback()

@@ -63,6 +63,13 @@ def run(
         bool, typer.Option("--dry-run", help="Preview; write and send nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="With REWARDS_DISPATCH=celery: return once the reminders are queued.",
+        ),
+    ] = False,
 ) -> None:
     """Post due expirations and send the reminders that are due."""
     context = app_context(ctx)
@@ -73,7 +80,7 @@ def run(
     job = CheckExpiringPointsJob(context.engine, context.settings)
     day: date | None = as_of.date() if as_of else None
     try:
-        summary = job.run(day=day, dry_run=dry_run)
+        summary = job.run(day=day, dry_run=dry_run, wait=not no_wait)
     except JobAlreadyRunning as exc:
         if as_json:
             print(json.dumps({"alreadyRunning": True, "message": str(exc)}))

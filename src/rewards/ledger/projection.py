@@ -10,11 +10,16 @@ Two kinds of writer keep them in step:
   same transaction as the ledger row, inside :func:`projection_writes`, which
   keeps the change triggers from recording them;
 * anything else that inserts, updates or deletes ``PointLedger`` rows (another
-  application, ``psql``, a bulk ``COPY``) fires triggers that record the
-  account in ``LedgerChange``. :func:`sync_changes` then brings those accounts up
-  to date: rows appended after what the lots account for are applied on top of
-  them; anything else (a backdated row, an update, a delete) replays the
-  account's whole history.
+  application, ``psql``, a bulk ``COPY``), or moves an account to another member,
+  fires triggers that record the account in ``LedgerChange``. :func:`sync_changes`
+  then brings those accounts up to date: rows appended after what the lots account
+  for are applied on top of them; anything else (a backdated row, an update, a
+  delete, a move) replays the account's whole history.
+
+On PostgreSQL the statements of the sync go to the driver as plain SQL with array
+parameters (:mod:`rewards.ledger.projection_sql`): a batch is a few statements
+whatever its size, and no time goes to building them. SQLite, the embedded
+default, gets the same statements through SQLAlchemy Core.
 
 Everything here works inside the caller's transaction.
 """
@@ -22,19 +27,17 @@ Everything here works inside the caller's transaction.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Engine,
-    Integer,
     Table,
-    Text,
     any_,
     bindparam,
     delete,
@@ -42,13 +45,18 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import Text
 
 from rewards.db import keyed_reads
+from rewards.ledger import projection_sql as pg
 from rewards.ledger.lots import (
     EXPIRE,
     Allocation,
@@ -59,6 +67,7 @@ from rewards.ledger.lots import (
     processing_key,
     replay,
 )
+from rewards.models import EXPIRE_ENTRY_SQL, LIVE_LOT_SQL
 from rewards.tables import accounts, allocations, anomalies, changes, ledger, lots, sync_state
 
 WRITER_SETTING = "rewards.projection_writer"
@@ -67,8 +76,9 @@ WRITER_SETTING = "rewards.projection_writer"
 SHORTFALL = "SHORTFALL"
 EXPIRY_TOO_LARGE = "EXPIRY_TOO_LARGE"
 
-COPY_THRESHOLD = 500
-"""Above this many rows, PostgreSQL gets them with ``COPY`` rather than ``INSERT``."""
+
+def _postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
 
 
 @contextmanager
@@ -79,7 +89,7 @@ def projection_writes(conn: Connection) -> Iterator[None]:
     thing, but it has one writer: the write lock is taken at once, and what the
     triggers record after that is this transaction's own doing, removed at the end.
     """
-    if conn.dialect.name == "postgresql":
+    if _postgres(conn):
         # Evaluated left to right: the value before, then the switch.
         previous = conn.scalar(
             text(
@@ -101,6 +111,14 @@ def projection_writes(conn: Connection) -> Iterator[None]:
     conn.execute(delete(changes).where(changes.c.id > mark))
 
 
+def among(column: Any, ids: Collection[str], dialect: str) -> Any:
+    """``column`` is one of ``ids``: one array parameter on PostgreSQL (a statement that
+    stays the same, whatever the count), an ``IN`` list on SQLite."""
+    if dialect == "postgresql":
+        return column == any_(literal(sorted(ids), ARRAY(Text)))
+    return column.in_(sorted(ids))
+
+
 def lock_accounts(conn: Connection, account_ids: Collection[str], *, skip_locked: bool) -> set[str]:
     """Row locks on the accounts (PostgreSQL); returns those that exist and were locked.
 
@@ -110,26 +128,37 @@ def lock_accounts(conn: Connection, account_ids: Collection[str], *, skip_locked
     if not account_ids:
         return set()
     query = select(accounts.c.id).where(among(accounts.c.id, account_ids, conn.dialect.name))
-    if conn.dialect.name == "postgresql":
+    if _postgres(conn):
         query = query.order_by(accounts.c.id).with_for_update(skip_locked=skip_locked)
     return set(conn.scalars(query))
 
 
-def among(column: Any, ids: Collection[str], dialect: str) -> Any:
-    """``column`` is one of ``ids``: one array parameter on PostgreSQL (a statement that
-    stays the same, whatever the count), an ``IN`` list on SQLite."""
-    if dialect == "postgresql":
-        return column == any_(literal(sorted(ids), ARRAY(Text)))
-    return column.in_(sorted(ids))
+def _lock(conn: Connection, account_ids: Collection[str], *, skip_locked: bool) -> dict[str, str]:
+    """Lock the accounts (as :func:`lock_accounts`); those locked, with their member."""
+    return _members(conn, account_ids, pg.LOCK_SKIP_LOCKED if skip_locked else pg.LOCK)
+
+
+def _members(
+    conn: Connection, account_ids: Collection[str], sql: str = pg.MEMBERS
+) -> dict[str, str]:
+    """Account -> its member, for the accounts that exist (``sql``: locking them on
+    PostgreSQL; SQLite has one writer, and every account is as good as locked)."""
+    ids = sorted(account_ids)
+    if _postgres(conn):
+        return dict(pg.rows(conn, sql, (ids,)))
+    query = select(accounts.c.id, accounts.c.userId).where(accounts.c.id.in_(ids))
+    return dict(conn.execute(query).all())
+
+
+def _derived(conn: Connection, account_ids: Collection[str]) -> set[str]:
+    """The accounts something was derived for (they have a sync state)."""
+    ids = sorted(account_ids)
+    if _postgres(conn):
+        return {a for a, _ in pg.rows(conn, pg.STATES, (ids,))}
+    return set(conn.scalars(select(sync_state.c.accountId).where(sync_state.c.accountId.in_(ids))))
 
 
 # -- reading the ledger --------------------------------------------------------------------
-
-
-LEDGER_SQL = (
-    'SELECT "accountId", "id", "entryType", "credit", "debit", "createdAt", "expiresAt"'
-    ' FROM "PointLedger" WHERE "accountId" = ANY(%s)'
-)
 
 
 def ledger_rows(conn: Connection, account_ids: Collection[str]) -> dict[str, list[LedgerRow]]:
@@ -141,13 +170,9 @@ def ledger_rows(conn: Connection, account_ids: Collection[str]) -> dict[str, lis
     by_account: dict[str, list[LedgerRow]] = defaultdict(list)
     if not account_ids:
         return by_account
-    if conn.dialect.name == "postgresql":
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        with raw.cursor() as cursor:
-            cursor.execute(LEDGER_SQL, (sorted(account_ids),))
-            for account_id, *fields in cursor:
-                by_account[account_id].append(LedgerRow(*fields))
+    if _postgres(conn):
+        for account_id, *fields in pg.stream(conn, pg.LEDGER, (sorted(account_ids),)):
+            by_account[account_id].append(LedgerRow(*fields))
         return by_account
     query = select(
         ledger.c.accountId,
@@ -163,45 +188,7 @@ def ledger_rows(conn: Connection, account_ids: Collection[str]) -> dict[str, lis
     return by_account
 
 
-def _lot(row: Any) -> Lot:
-    return Lot(row.id, row.credited, row.remaining, row.createdAt, row.expiresAt, row.expired)
-
-
 # -- writing the projection ----------------------------------------------------------------
-
-LOT_COLUMNS = ("id", "accountId", "credited", "remaining", "createdAt", "expiresAt", "expired")
-ALLOCATION_COLUMNS = ("debitId", "lotId", "accountId", "points")
-ANOMALY_COLUMNS = ("id", "accountId", "kind", "entryId", "points", "at", "detectedAt")
-STATE_COLUMNS = ("accountId", "syncedThrough")
-
-
-def insert_rows(
-    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """Insert many rows: ``COPY`` on PostgreSQL when there are many, else one ``INSERT``."""
-    if not rows:
-        return
-    if conn.dialect.name != "postgresql" or len(rows) < COPY_THRESHOLD:
-        conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
-        return
-    names = ", ".join(f'"{c}"' for c in columns)
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-def _lot_row(account_id: str, lot: Lot) -> tuple[Any, ...]:
-    return (
-        lot.id,
-        account_id,
-        lot.credited,
-        lot.remaining,
-        lot.created_at,
-        lot.expires_at,
-        lot.expired,
-    )
 
 
 def _shortfall_id(debit_id: str) -> str:
@@ -212,7 +199,8 @@ def _shortfall_id(debit_id: str) -> str:
 class Writes:
     """What one step of keeping the projection up to date will write, gathered first."""
 
-    lots: list[tuple[Any, ...]] = field(default_factory=list)
+    lots: list[tuple[str, Lot]] = field(default_factory=list)
+    """New lots, with their account."""
     remaining: dict[str, int] = field(default_factory=dict)
     """Lot id -> its new ``remaining``."""
     expired: list[str] = field(default_factory=list)
@@ -220,9 +208,11 @@ class Writes:
     allocations: list[tuple[Any, ...]] = field(default_factory=list)
     anomalies: list[tuple[Any, ...]] = field(default_factory=list)
     states: dict[str, datetime] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
+    """Account -> its member, for the new lots; looked up where the caller did not say."""
 
     def add_lots(self, account_id: str, new: Iterable[Lot]) -> None:
-        self.lots.extend(_lot_row(account_id, lot) for lot in new)
+        self.lots.extend((account_id, lot) for lot in new)
 
     def add_allocations(
         self, account_id: str, made: Iterable[Allocation], short: Iterable[Shortfall], now: datetime
@@ -234,31 +224,47 @@ class Writes:
         )
 
     def apply(self, conn: Connection) -> None:
-        insert_rows(conn, lots, LOT_COLUMNS, self.lots)
+        if _postgres(conn):
+            pg.insert_rows(conn, pg.LOTS, self._lot_rows(conn))
+            pg.update_lots(conn, self.remaining, self.expired)
+            pg.insert_rows(conn, pg.ALLOCATIONS, self.allocations)
+            pg.insert_rows(conn, pg.ANOMALIES, self.anomalies)
+            pg.save_states(conn, self.states)
+            return
+        _insert(conn, lots, pg.LOTS, self._lot_rows(conn))
         _update_lots(conn, self.remaining, self.expired)
-        insert_rows(conn, allocations, ALLOCATION_COLUMNS, self.allocations)
-        insert_rows(conn, anomalies, ANOMALY_COLUMNS, self.anomalies)
-        save_sync_state(conn, self.states)
+        _insert(conn, allocations, pg.ALLOCATIONS, self.allocations)
+        _insert(conn, anomalies, pg.ANOMALIES, self.anomalies)
+        _save_states(conn, self.states)
+
+    def _lot_rows(self, conn: Connection) -> list[tuple[Any, ...]]:
+        missing = {account_id for account_id, _ in self.lots} - set(self.users)
+        if missing:
+            self.users.update(_members(conn, missing))
+        return [
+            (
+                lot.id,
+                account_id,
+                self.users[account_id],
+                lot.credited,
+                lot.remaining,
+                lot.created_at,
+                lot.expires_at,
+                lot.expired,
+            )
+            for account_id, lot in self.lots
+        ]
 
 
-def _update_lots(conn: Connection, remaining: dict[str, int], expired: Sequence[str]) -> None:
-    """Set lots' ``remaining`` and ``expired`` in one statement each (PostgreSQL: from arrays)."""
-    if conn.dialect.name == "postgresql":
-        if remaining:
-            conn.execute(
-                text(
-                    'UPDATE "PointLot" AS l SET "remaining" = v.remaining'
-                    " FROM unnest(:ids, :remaining) AS v(id, remaining) WHERE l.id = v.id"
-                ).bindparams(
-                    bindparam("ids", list(remaining), type_=ARRAY(Text)),
-                    bindparam("remaining", list(remaining.values()), type_=ARRAY(Integer)),
-                )
-            )
-        if expired:
-            conn.execute(
-                update(lots).where(among(lots.c.id, expired, "postgresql")).values(expired=True)
-            )
-        return
+def _insert(
+    conn: Connection, table: Table, columns: pg.Columns, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    if rows:
+        names = columns.names
+        conn.execute(insert(table), [dict(zip(names, row, strict=True)) for row in rows])
+
+
+def _update_lots(conn: Connection, remaining: Mapping[str, int], expired: Sequence[str]) -> None:
     if remaining:
         conn.execute(
             update(lots)
@@ -270,12 +276,17 @@ def _update_lots(conn: Connection, remaining: dict[str, int], expired: Sequence[
         conn.execute(update(lots).where(lots.c.id.in_(list(expired))).values(expired=True))
 
 
-def save_sync_state(conn: Connection, states: dict[str, datetime]) -> None:
-    """Upsert ``syncedThrough`` per account (as a delete and an insert, on both databases)."""
+def _save_states(conn: Connection, states: Mapping[str, datetime]) -> None:
+    """Upsert ``syncedThrough`` per account."""
     if not states:
         return
-    conn.execute(delete(sync_state).where(among(sync_state.c.accountId, states, conn.dialect.name)))
-    insert_rows(conn, sync_state, STATE_COLUMNS, sorted(states.items()))
+    upsert = sqlite.insert(sync_state)
+    conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["accountId"], set_={"syncedThrough": upsert.excluded.syncedThrough}
+        ),
+        [{"accountId": a, "syncedThrough": t} for a, t in states.items()],
+    )
 
 
 def clear_projection(
@@ -287,28 +298,28 @@ def clear_projection(
     lots, allocations and anomalies about to be written are also cleared by id, from
     whichever account held them.
     """
-    dialect = conn.dialect.name
-    if account_ids:
-        conn.execute(delete(lots).where(among(lots.c.accountId, account_ids, dialect)))
-        conn.execute(
-            delete(allocations).where(among(allocations.c.accountId, account_ids, dialect))
-        )
-        conn.execute(
-            delete(anomalies).where(
-                among(anomalies.c.accountId, account_ids, dialect), anomalies.c.kind == SHORTFALL
-            )
-        )
-        conn.execute(delete(sync_state).where(among(sync_state.c.accountId, account_ids, dialect)))
-    if replacing is None:
+    replacing = replacing or Writes()
+    ids = sorted(account_ids)
+    lot_ids = [lot.id for _, lot in replacing.lots]
+    debit_ids = sorted({r[0] for r in replacing.allocations})
+    anomaly_ids = [r[0] for r in replacing.anomalies]
+    if _postgres(conn):
+        if ids or lot_ids or debit_ids or anomaly_ids:
+            pg.clear(conn, ids, lot_ids, debit_ids, anomaly_ids)
         return
-    if replacing.lots:
-        conn.execute(delete(lots).where(among(lots.c.id, [r[0] for r in replacing.lots], dialect)))
-    if replacing.allocations:
-        debits = {r[0] for r in replacing.allocations}
-        conn.execute(delete(allocations).where(among(allocations.c.debitId, debits, dialect)))
-    if replacing.anomalies:
-        ids = [r[0] for r in replacing.anomalies]
-        conn.execute(delete(anomalies).where(among(anomalies.c.id, ids, dialect)))
+    for table, key, by_id in (
+        (lots, lots.c.id, lot_ids),
+        (allocations, allocations.c.debitId, debit_ids),
+        (anomalies, anomalies.c.id, anomaly_ids),
+    ):
+        if not ids and not by_id:
+            continue
+        of_accounts: Any = table.c.accountId.in_(ids)
+        if table is anomalies:
+            of_accounts = of_accounts & (anomalies.c.kind == SHORTFALL)
+        conn.execute(delete(table).where(or_(of_accounts, key.in_(by_id))))
+    if ids:
+        conn.execute(delete(sync_state).where(sync_state.c.accountId.in_(ids)))
 
 
 @dataclass(frozen=True)
@@ -330,34 +341,59 @@ class SyncStats:
         )
 
 
-def replay_accounts(conn: Connection, account_ids: Collection[str], now: datetime) -> SyncStats:
-    """Rebuild the accounts' projection from their ledger alone."""
+def replay_accounts(
+    conn: Connection,
+    account_ids: Collection[str],
+    now: datetime,
+    *,
+    members: Mapping[str, str] | None = None,
+    derived: Collection[str] | None = None,
+) -> SyncStats:
+    """Rebuild the accounts' projection from their ledger alone.
+
+    ``members`` (account -> member) and ``derived`` (the accounts with a projection to
+    clear) save reading them when the caller knows; a derived account gone from
+    ``Account`` is cleared.
+    """
+    if members is None:
+        members = _members(conn, account_ids)
+    if derived is None:
+        derived = _derived(conn, account_ids)
     histories = ledger_rows(conn, account_ids)
-    writes = Writes()
+    writes = Writes(users=dict(members))
     rows_read = 0
     for account_id in account_ids:
-        history = histories.get(account_id, [])
+        history = histories.pop(account_id, [])
         rows_read += len(history)
         result = replay(history, now)
         writes.add_lots(account_id, result.lots)
         writes.add_allocations(account_id, result.allocations, result.shortfalls, now)
         if result.synced_through is not None:
             writes.states[account_id] = result.synced_through
-    derived = set(
-        conn.scalars(
-            select(sync_state.c.accountId).where(
-                among(sync_state.c.accountId, account_ids, conn.dialect.name)
-            )
-        )
-    )
-    clear_projection(conn, derived, replacing=writes)
-    writes.apply(conn)
+    clear_projection(conn, derived)
+    _write_replayed(conn, writes)
     return SyncStats(
         accounts=len(account_ids),
         replayed=len(account_ids),
         rows=rows_read,
         shortfalls=len(writes.anomalies),
     )
+
+
+def _write_replayed(conn: Connection, writes: Writes) -> None:
+    """Write what a replay derived, its accounts' old projection cleared.
+
+    A row another application moved from one account to another keeps its id, and may
+    still be held under its old account: the insert then fails on the key, and the
+    rows are cleared by id (wherever they are) and written again. A savepoint keeps
+    the rest of the transaction; the common case pays no look-up by id.
+    """
+    try:
+        with conn.begin_nested():
+            writes.apply(conn)
+    except (IntegrityError, pg.UniqueViolation):
+        clear_projection(conn, (), replacing=writes)
+        writes.apply(conn)
 
 
 # -- other writers' changes ----------------------------------------------------------------
@@ -393,39 +429,21 @@ def sync_changes(
     """Apply the recorded changes of the given accounts (or of up to ``limit`` accounts).
 
     The accounts are locked for the rest of the transaction; with ``wait=False`` an
-    account another transaction holds is left for later. The change records read
-    are deleted, so a change committed meanwhile stays for the next call.
+    account another transaction holds is left for later. Then, in statements that see
+    whatever was committed before the lock was held: the change records are deleted
+    and the ledger read, so whatever a deleted record stands for is read, and a change
+    committed meanwhile stays for the next call.
     """
     candidates = pending_accounts(conn, account_ids, limit)
     if not candidates:
         return SyncStats()
-    locked = lock_accounts(conn, candidates, skip_locked=not wait)
-    existing = locked if conn.dialect.name != "postgresql" or wait else _existing(conn, candidates)
-    busy = existing - locked
-    batch = [a for a in candidates if a not in busy]  # locked, or gone from Account
-    if not batch:
-        return SyncStats()
-    records = conn.execute(
-        select(changes.c.id, changes.c.accountId, changes.c.since).where(
-            among(changes.c.accountId, batch, conn.dialect.name)
-        )
-    ).all()
-    earliest: dict[str, datetime | None] = {}
-    for record in records:
-        if record.accountId in earliest and earliest[record.accountId] is None:
-            continue
-        since = record.since
-        current = earliest.get(record.accountId, since)
-        earliest[record.accountId] = (
-            None if since is None or current is None else min(since, current)
-        )
-    stats = _apply_changes(conn, earliest, now)
-    read = [r.id for r in records]
-    if conn.dialect.name == "postgresql":
-        conn.execute(delete(changes).where(changes.c.id == any_(literal(read, ARRAY(BigInteger)))))
-    else:
-        conn.execute(delete(changes).where(changes.c.id.in_(read)))
-    return stats
+    members = _lock(conn, candidates, skip_locked=not wait)
+    if not wait and len(members) < len(candidates):
+        busy = _existing(conn, set(candidates) - set(members))
+        candidates = [a for a in candidates if a not in busy]  # locked, or gone from Account
+        if not candidates:
+            return SyncStats()
+    return _apply_changes(conn, _take_changes(conn, candidates), members, now)
 
 
 def _existing(conn: Connection, account_ids: Collection[str]) -> set[str]:
@@ -436,46 +454,94 @@ def _existing(conn: Connection, account_ids: Collection[str]) -> set[str]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an account's change records ask for, and where its lots stand."""
+
+    since: datetime | None
+    """The earliest ``createdAt`` the recorded inserts brought; None: replay the account."""
+    synced_through: datetime | None
+    """The latest ``createdAt`` its lots account for; None: nothing derived yet."""
+
+    @property
+    def appendable(self) -> bool:
+        """Every change is an insert after what the lots account for."""
+        return (
+            self.since is not None
+            and self.synced_through is not None
+            and self.since > self.synced_through
+        )
+
+
+def _take_changes(conn: Connection, account_ids: Sequence[str]) -> dict[str, Change]:
+    """Delete the accounts' change records; per account, what they ask for."""
+    if _postgres(conn):
+        found = pg.rows(conn, pg.TAKE_CHANGES, (list(account_ids),))
+        return {
+            account_id: Change(None if replay_all else since, synced)
+            for account_id, replay_all, since, synced in found
+        }
+    taken = conn.execute(
+        delete(changes)
+        .where(changes.c.accountId.in_(list(account_ids)))
+        .returning(changes.c.accountId, changes.c.since)
+    ).all()
+    earliest: dict[str, datetime | None] = {}
+    for account_id, since in taken:
+        if account_id in earliest and earliest[account_id] is None:
+            continue
+        current = earliest.get(account_id, since)
+        earliest[account_id] = None if since is None or current is None else min(since, current)
+    states = select(sync_state.c.accountId, sync_state.c.syncedThrough).where(
+        sync_state.c.accountId.in_(list(earliest))
+    )
+    synced = dict(conn.execute(states).all())
+    return {a: Change(since, synced.get(a)) for a, since in earliest.items()}
+
+
+REPLAY_BATCH_ACCOUNTS = 2000
+"""Accounts replayed per round trip: their whole histories are held in memory at once."""
+
+
 def _apply_changes(
-    conn: Connection, earliest: dict[str, datetime | None], now: datetime
+    conn: Connection, changed: Mapping[str, Change], members: Mapping[str, str], now: datetime
 ) -> SyncStats:
     """Append where the new rows all come after what the lots account for; else replay."""
-    synced = dict(
-        conn.execute(
-            select(sync_state.c.accountId, sync_state.c.syncedThrough).where(
-                among(sync_state.c.accountId, earliest, conn.dialect.name)
-            )
-        ).all()
-    )
     appendable = {
-        account_id: synced[account_id]
-        for account_id, since in earliest.items()
-        if since is not None and account_id in synced and since > synced[account_id]
+        account_id: change.synced_through
+        for account_id, change in changed.items()
+        if change.appendable and change.synced_through is not None and account_id in members
     }
-    replayed = set(earliest) - set(appendable)
-    appended = SyncStats()
+    replayed = set(changed) - set(appendable)
+    stats = SyncStats()
     if appendable:
-        fallen_back, appended = _append(conn, appendable, now)
+        fallen_back, stats = _append(conn, appendable, members, now)
         replayed |= fallen_back
-    stats = appended + SyncStats(accounts=len(earliest) - len(replayed))
-    if replayed:
-        stats += replay_accounts(conn, replayed, now)
+    stats += SyncStats(accounts=len(changed) - len(replayed))
+    ordered = sorted(replayed)
+    for start in range(0, len(ordered), REPLAY_BATCH_ACCOUNTS):
+        chunk = ordered[start : start + REPLAY_BATCH_ACCOUNTS]
+        derived = [a for a in chunk if a not in members or changed[a].synced_through is not None]
+        stats += replay_accounts(conn, chunk, now, members=members, derived=derived)
     return stats
 
 
-def _append(
-    conn: Connection, synced: dict[str, datetime], now: datetime
-) -> tuple[set[str], SyncStats]:
-    """Apply rows created after each account's ``syncedThrough`` on top of its lots.
-
-    A new ``EXPIRE`` row consumes nothing: it marks the lots of its instant expired.
-    Returns the accounts that need a replay after all (a new debit dated before an
-    expiry already recorded), and what the others took (rows read, shortfalls found;
-    accounts are counted by the caller).
-    """
-    ids = sorted(synced)
-    dialect = conn.dialect.name
+def _new_rows(
+    conn: Connection, synced: Mapping[str, datetime]
+) -> tuple[dict[str, list[LedgerRow]], dict[str, datetime]]:
+    """Rows created after each account's ``syncedThrough``, and each account's latest
+    recorded expiry (the latest ``EXPIRE`` entry's instant)."""
     new_rows: dict[str, list[LedgerRow]] = defaultdict(list)
+    latest: dict[str, datetime] = {}
+    ids = sorted(synced)
+    if _postgres(conn):
+        for account_id, expiry, *fields in pg.stream(
+            conn, pg.NEW_ROWS, (ids, [synced[a] for a in ids])
+        ):
+            new_rows[account_id].append(LedgerRow(*fields))
+            if expiry is not None:
+                latest[account_id] = expiry
+        return new_rows, latest
     query = (
         select(
             ledger.c.accountId,
@@ -487,71 +553,126 @@ def _append(
             ledger.c.expiresAt,
         )
         .join(sync_state, sync_state.c.accountId == ledger.c.accountId)
-        .where(
-            among(ledger.c.accountId, ids, dialect),
-            ledger.c.createdAt > sync_state.c.syncedThrough,
-        )
+        .where(ledger.c.accountId.in_(ids), ledger.c.createdAt > sync_state.c.syncedThrough)
     )
-    rows_read = 0
     for account_id, *fields in conn.execute(query):
         new_rows[account_id].append(LedgerRow(*fields))
-        rows_read += 1
-    current: dict[str, list[Lot]] = defaultdict(list)
-    for held_lot in conn.execute(
-        select(lots).where(among(lots.c.accountId, ids, dialect), lots.c.remaining > 0)
-    ):
-        current[held_lot.accountId].append(_lot(held_lot))
+    expiries = (
+        select(ledger.c.accountId, func.max(ledger.c.expiresAt))
+        .where(EXPIRE_ENTRY_SQL, ledger.c.accountId.in_(ids))
+        .group_by(ledger.c.accountId)
+    )
+    latest.update((a, t) for a, t in conn.execute(expiries) if t is not None)
+    return new_rows, latest
 
+
+def _live_lots(conn: Connection, account_ids: Collection[str]) -> dict[str, list[Lot]]:
+    """The accounts' lots with points left whose expiry is not recorded."""
+    held: dict[str, list[Lot]] = defaultdict(list)
+    ids = sorted(account_ids)
+    if _postgres(conn):
+        found: Iterable[Any] = pg.stream(conn, pg.LIVE_LOTS, (ids,))
+    else:
+        found = conn.execute(
+            select(
+                lots.c.accountId,
+                lots.c.id,
+                lots.c.credited,
+                lots.c.remaining,
+                lots.c.createdAt,
+                lots.c.expiresAt,
+            ).where(lots.c.accountId.in_(ids), LIVE_LOT_SQL)
+        )
+    for account_id, *fields in found:
+        held[account_id].append(Lot(*fields))
+    return held
+
+
+def _append(
+    conn: Connection, synced: Mapping[str, datetime], members: Mapping[str, str], now: datetime
+) -> tuple[set[str], SyncStats]:
+    """Apply rows created after each account's ``syncedThrough`` on top of its lots.
+
+    A new ``EXPIRE`` row consumes nothing: it marks the lots of its instant expired.
+    The live lots are read only for accounts whose new rows spend or expire some
+    (most of a day's accounts only earned). Returns the accounts that need a replay
+    after all (a new row dated before an expiry already recorded: a lot flagged
+    expired may have been spendable then), and what the others took (rows read,
+    shortfalls found; accounts are counted by the caller).
+    """
+    new_rows, latest_expiry = _new_rows(conn, synced)
+    spending = {a for a, rows in new_rows.items() if any(_touches_lots(r) for r in rows)}
+    current = _live_lots(conn, spending) if spending else {}
     replay_needed: set[str] = set()
-    writes = Writes()
-    for account_id in ids:
-        rows = sorted(new_rows.get(account_id, []), key=processing_key)
-        if not rows:
-            continue
+    writes = Writes(users=dict(members))
+    rows_read = 0
+    for account_id, unordered in new_rows.items():
+        rows = sorted(unordered, key=processing_key)
+        rows_read += len(rows)
         consuming = [r for r in rows if r.credit > 0 or r.consumes]
-        held = current.get(account_id, [])
-        if consuming and any(
-            lot.expired and lot.expires_at is not None and lot.expires_at > consuming[0].created_at
-            for lot in held
-        ):
+        expiry = latest_expiry.get(account_id)
+        if consuming and expiry is not None and expiry > consuming[0].created_at:
             replay_needed.add(account_id)
             continue
-        before = {lot.id: lot.remaining for lot in held}
-        added: list[Lot] = []
-        for row in consuming:
-            if row.credit > 0:
-                lot = Lot(row.id, row.credit, row.credit, row.created_at, row.expires_at)
-                held.append(lot)
-                added.append(lot)
-            else:
-                made, short = allocate(held, row.id, row.debit, row.created_at)
-                shortfalls = [Shortfall(row.id, short, row.created_at)] if short else []
-                writes.add_allocations(account_id, made, shortfalls, now)
-        recorded = {r.expires_at for r in rows if r.entry_type == EXPIRE and r.debit > 0}
-        for lot in held:
-            if lot.id in before and lot.remaining != before[lot.id]:
-                writes.remaining[lot.id] = lot.remaining
-            if (
-                not lot.expired
-                and lot.remaining > 0
-                and lot.expires_at is not None
-                and lot.expires_at <= now
-                and lot.expires_at in recorded
-            ):
-                lot.expired = True
-                if lot.id in before:
-                    writes.expired.append(lot.id)
-        writes.add_lots(account_id, added)
+        _append_rows(writes, account_id, rows, consuming, current.get(account_id, []), now)
         if consuming:
-            writes.states[account_id] = max(
-                synced[account_id], max(r.created_at for r in consuming)
-            )
+            writes.states[account_id] = max(synced[account_id], consuming[-1].created_at)
     writes.apply(conn)
     return replay_needed, SyncStats(rows=rows_read, shortfalls=len(writes.anomalies))
 
 
+def _touches_lots(row: LedgerRow) -> bool:
+    """A row that changes lots already held: a debit that spends, or a recorded expiry."""
+    return row.debit > 0
+
+
+def _append_rows(
+    writes: Writes,
+    account_id: str,
+    rows: Sequence[LedgerRow],
+    consuming: Sequence[LedgerRow],
+    held: list[Lot],
+    now: datetime,
+) -> None:
+    """One account's new rows (in processing order) applied to its live lots ``held``."""
+    before = {lot.id: lot.remaining for lot in held}
+    added: list[Lot] = []
+    for row in consuming:
+        if row.credit > 0:
+            lot = Lot(row.id, row.credit, row.credit, row.created_at, row.expires_at)
+            held.append(lot)
+            added.append(lot)
+        else:
+            made, short = allocate(held, row.id, row.debit, row.created_at)
+            shortfalls = [Shortfall(row.id, short, row.created_at)] if short else []
+            writes.add_allocations(account_id, made, shortfalls, now)
+    recorded = {r.expires_at for r in rows if r.entry_type == EXPIRE and r.debit > 0}
+    for lot in held:
+        if lot.id in before and lot.remaining != before[lot.id]:
+            writes.remaining[lot.id] = lot.remaining
+        if (
+            lot.remaining > 0
+            and lot.expires_at is not None
+            and lot.expires_at <= now
+            and lot.expires_at in recorded
+        ):
+            lot.expired = True
+            if lot.id in before:
+                writes.expired.append(lot.id)
+    writes.add_lots(account_id, added)
+
+
 SYNC_BATCH_ACCOUNTS = 2000
 """Accounts brought up to date per transaction by :func:`sync_all`."""
+
+SYNC_WORKERS = 2
+"""Transactions :func:`sync_all` runs at once on PostgreSQL, each on its own connection and
+thread. A batch is half PostgreSQL's work (reading the ledger, writing lots and their
+indexes) and half Python's (the replay, which holds the interpreter lock): two batches
+overlap one's database time with the other's Python time, in one process's memory."""
+
+PARALLEL_FROM_ACCOUNTS = 10 * SYNC_BATCH_ACCOUNTS
+"""Below this many accounts waiting, :func:`sync_all` goes one batch after another."""
 
 
 def sync_all(
@@ -560,12 +681,19 @@ def sync_all(
     *,
     batch_accounts: int = SYNC_BATCH_ACCOUNTS,
     progress: Callable[[SyncStats], None] | None = None,
+    workers: int = SYNC_WORKERS,
 ) -> SyncStats:
     """Apply every recorded change, a batch of accounts per transaction.
 
     Safe to stop and run again: a batch commits its projection rows and deletes its
-    change records together. ``progress`` is called after each batch.
+    change records together. ``progress`` is called after each batch. A large sync on
+    PostgreSQL (an upgrade's, of every account) runs ``workers`` batches at once.
     """
+    if engine.dialect.name == "postgresql" and workers > 1:
+        with engine.connect() as conn:
+            waiting = count_pending(conn)
+        if waiting >= PARALLEL_FROM_ACCOUNTS:
+            return _sync_in_parallel(engine, now, batch_accounts, progress, workers)
     total = SyncStats()
     while True:
         with engine.begin() as conn, projection_writes(conn), keyed_reads(conn):
@@ -577,8 +705,84 @@ def sync_all(
             return total
 
 
+def _sync_batch(engine: Engine, now: datetime, account_ids: list[str]) -> SyncStats:
+    with engine.begin() as conn, projection_writes(conn), keyed_reads(conn):
+        return sync_changes(conn, now, account_ids)
+
+
+def _sync_in_parallel(
+    engine: Engine,
+    now: datetime,
+    batch_accounts: int,
+    progress: Callable[[SyncStats], None] | None,
+    workers: int,
+) -> SyncStats:
+    """Pass over the waiting accounts in id order, a batch per transaction, ``workers`` at a
+    time; then again, for changes recorded meanwhile, until a pass finds none.
+
+    Batches are disjoint, so their locks never meet. A pass ends once its batches have
+    committed: one still in flight must not be handed out again. ``progress`` is called
+    here, in the caller's thread; if it (or a batch) raises, no more batches start, and
+    those in flight finish before the error is raised.
+    """
+    total = SyncStats()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger-sync") as pool:
+        while True:
+            in_flight: set[Future[SyncStats]] = set()
+            after = ""
+            started = 0
+            try:
+                while True:
+                    with engine.connect() as conn:
+                        batch = _pending_after(conn, after, batch_accounts)
+                    if not batch:
+                        break
+                    after = batch[-1]
+                    started += 1
+                    in_flight.add(pool.submit(_sync_batch, engine, now, batch))
+                    while len(in_flight) >= workers:
+                        total += _finish_one(in_flight, progress)
+                while in_flight:
+                    total += _finish_one(in_flight, progress)
+            except BaseException:
+                wait(in_flight)
+                raise
+            if not started:
+                return total
+
+
+def _finish_one(
+    in_flight: set[Future[SyncStats]], progress: Callable[[SyncStats], None] | None
+) -> SyncStats:
+    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+    finished = done.pop()
+    in_flight.discard(finished)
+    stats = finished.result()
+    if progress is not None and stats.accounts:
+        progress(stats)
+    return stats
+
+
+def _pending_after(conn: Connection, after: str, limit: int) -> list[str]:
+    """The first ``limit`` accounts with recorded changes whose id comes after ``after``."""
+    query = (
+        select(changes.c.accountId)
+        .distinct()
+        .where(changes.c.accountId > after)
+        .order_by(changes.c.accountId)
+        .limit(limit)
+    )
+    return list(conn.scalars(query))
+
+
+DAILY_BATCH_ACCOUNTS = 20_000
+"""Accounts per round of :func:`sync_all_in`: a day's changes are mostly appended (a few
+rows per account), so a round is a few statements for thousands of accounts; replays
+within it still go :data:`REPLAY_BATCH_ACCOUNTS` at a time."""
+
+
 def sync_all_in(
-    conn: Connection, now: datetime, batch_accounts: int = SYNC_BATCH_ACCOUNTS
+    conn: Connection, now: datetime, batch_accounts: int = DAILY_BATCH_ACCOUNTS
 ) -> SyncStats:
     """:func:`sync_all` inside the caller's transaction (a dry run rolls it back)."""
     total = SyncStats()

@@ -11,7 +11,12 @@
   ``rewards ledger sync`` (or the next run of the job) builds its lots;
 * on PostgreSQL the seed's ``PointLedger_expiresAt_credit_idx`` (same name, same
   key) also carries ``accountId`` and ``id``, so the seed's date-range read of
-  credits is an index-only scan.
+  credits is an index-only scan;
+* a lot carries its account's member (``userId``), so the plan sums per member
+  without joining ``Account``; a trigger on ``Account`` records an account that
+  changes member in ``LedgerChange``, and the next sync rewrites its lots;
+* ``NotificationLog_expirationDate_idx``: the plan reads the rows of its window's
+  dates in one range to leave out settled keys.
 
 Revision ID: add_point_lots
 Revises: record_abandoned_runs
@@ -55,6 +60,29 @@ END
 $$
 """
 
+POSTGRES_ACCOUNT_FUNCTION = """
+CREATE FUNCTION rewards_account_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO "LedgerChange" ("accountId") VALUES (NEW."id");
+    RETURN NULL;
+END
+$$
+"""
+
+ACCOUNT_TRIGGER = "Account_moved"
+"""Row-level (accounts rarely move), and only when ``userId`` really changes."""
+
+POSTGRES_ACCOUNT_TRIGGER = (
+    'AFTER UPDATE OF "userId" ON "Account" FOR EACH ROW'
+    ' WHEN (OLD."userId" IS DISTINCT FROM NEW."userId")'
+    " EXECUTE FUNCTION rewards_account_moved()"
+)
+
+SQLITE_ACCOUNT_TRIGGER = """AFTER UPDATE OF "userId" ON "Account"
+    WHEN OLD."userId" IS NOT NEW."userId" BEGIN
+        INSERT INTO "LedgerChange" ("accountId") VALUES (NEW."id");
+    END"""
+
 POSTGRES_TRIGGERS = {
     "PointLedger_changed_insert": 'AFTER INSERT ON "PointLedger"'
     " REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT",
@@ -86,6 +114,7 @@ def upgrade() -> None:
         "PointLot",
         sa.Column("id", sa.Text(), nullable=False),
         sa.Column("accountId", sa.Text(), nullable=False),
+        sa.Column("userId", sa.Text(), nullable=False),
         sa.Column("credited", sa.Integer(), nullable=False),
         sa.Column("remaining", sa.Integer(), nullable=False),
         sa.Column("createdAt", timestamp3(), nullable=False),
@@ -108,7 +137,7 @@ def upgrade() -> None:
         "PointLot_live_expiresAt_idx",
         "PointLot",
         ["expiresAt"],
-        postgresql_include=["accountId", "remaining", "createdAt"],
+        postgresql_include=["accountId", "userId", "remaining"],
         postgresql_where=LIVE_LOT,
         sqlite_where=LIVE_LOT,
     )
@@ -159,13 +188,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("accountId", name="LedgerSyncState_pkey"),
     )
 
+    op.create_index(
+        "NotificationLog_expirationDate_idx",
+        "NotificationLog",
+        ["expirationDate"],
+        postgresql_include=["userId", "notificationType", "status"],
+    )
+
     if is_sqlite():
         for name, body in SQLITE_TRIGGERS.items():
             op.execute(f'CREATE TRIGGER "{name}" {body}')
+        op.execute(f'CREATE TRIGGER "{ACCOUNT_TRIGGER}" {SQLITE_ACCOUNT_TRIGGER}')
     else:
         op.execute(POSTGRES_FUNCTION)
         for name, when in POSTGRES_TRIGGERS.items():
             op.execute(f'CREATE TRIGGER "{name}" {when} EXECUTE FUNCTION rewards_ledger_changed()')
+        op.execute(POSTGRES_ACCOUNT_FUNCTION)
+        op.execute(f'CREATE TRIGGER "{ACCOUNT_TRIGGER}" {POSTGRES_ACCOUNT_TRIGGER}')
     if not is_sqlite():
         # The seed's index, covering: its date-range read of credits needs no heap fetch.
         op.drop_index("PointLedger_expiresAt_credit_idx", table_name="PointLedger")
@@ -186,12 +225,16 @@ def downgrade() -> None:
     if is_sqlite():
         for name in SQLITE_TRIGGERS:
             op.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+        op.execute(f'DROP TRIGGER IF EXISTS "{ACCOUNT_TRIGGER}"')
     else:
         for name in POSTGRES_TRIGGERS:
             op.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "PointLedger"')
         op.execute("DROP FUNCTION IF EXISTS rewards_ledger_changed()")
+        op.execute(f'DROP TRIGGER IF EXISTS "{ACCOUNT_TRIGGER}" ON "Account"')
+        op.execute("DROP FUNCTION IF EXISTS rewards_account_moved()")
         op.drop_index("PointLedger_expiresAt_credit_idx", table_name="PointLedger")
         op.create_index("PointLedger_expiresAt_credit_idx", "PointLedger", ["expiresAt", "credit"])
+    op.drop_index("NotificationLog_expirationDate_idx", table_name="NotificationLog")
     for table in (
         "LedgerSyncState",
         "LedgerChange",

@@ -1,16 +1,18 @@
 """The one small interface every delivery backend implements.
 
-Like an HTTP transport: the job hands over ready-made messages and gets one
-outcome per message back, in the same order. Backends never raise for a
-message that could not be delivered; they report it.
+Like an HTTP transport: a dispatcher hands over a ready-made message (its bytes
+and its envelope, :class:`~rewards.notifications.messages.RenderedMessage`) and
+gets its outcome back. Backends never raise for a message that could not be
+delivered; they report it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rewards.notifications.messages import RenderedMessage
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,6 @@ class Sender(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
-    async def send_many(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
-        """Deliver ``messages`` (concurrently where the backend can); one outcome each, in order."""
+    async def send(self, message: RenderedMessage) -> Outcome:
+        """Deliver one message; several may be awaited at once where the backend can."""
         ...

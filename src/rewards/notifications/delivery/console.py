@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import TextIO
 
 from rewards.notifications.delivery.base import Outcome
+from rewards.notifications.messages import RenderedMessage, parse_message
 
 
 def summarize(message: EmailMessage) -> str:
@@ -36,9 +36,8 @@ class ConsoleSender:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def send_many(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+    async def send(self, message: RenderedMessage) -> Outcome:
         stream = self._stream or sys.stdout
-        for message in messages:
-            stream.write(summarize(message))
+        stream.write(summarize(parse_message(message.data)))
         stream.flush()
-        return [Outcome(delivered=True) for _ in messages]
+        return Outcome(delivered=True)

@@ -15,29 +15,28 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
-from email.message import EmailMessage
 from pathlib import Path
 
 from rewards.notifications.delivery.base import Outcome
+from rewards.notifications.messages import RenderedMessage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def eml_name(message: EmailMessage, data: bytes) -> str:
+def eml_name(message_id: str, data: bytes) -> str:
     """``{local part of the Message-ID}.eml``; a hash of the content when there is no id."""
-    message_id = str(message.get("Message-ID") or "").strip().strip("<>")
+    message_id = message_id.strip().strip("<>")
     local = message_id.rpartition("@")[0] or message_id
     if not local:
         local = hashlib.sha256(data).hexdigest()[:32]
     return _UNSAFE.sub("_", local).lstrip(".") + ".eml"
 
 
-def write_eml(outbox: Path, message: EmailMessage) -> Path:
+def write_eml(outbox: Path, message: RenderedMessage) -> Path:
     """Write one message atomically and return its path; raises ``OSError``."""
-    data = message.as_bytes()
+    data = message.data
     outbox.mkdir(parents=True, exist_ok=True)
-    target = outbox / eml_name(message, data)
+    target = outbox / eml_name(message.message_id, data)
     fd, temp = tempfile.mkstemp(dir=outbox, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -61,19 +60,15 @@ class FileSender:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def send_many(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+    async def send(self, message: RenderedMessage) -> Outcome:
         # Blocking file I/O runs in a thread so the event loop stays responsive.
-        return await asyncio.to_thread(self._write_all, messages)
+        return await asyncio.to_thread(self._write, message)
 
-    def _write_all(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for message in messages:
-            started = time.perf_counter()
-            try:
-                write_eml(self.outbox_dir, message)
-            except OSError as exc:
-                reason = f"cannot write to outbox {self.outbox_dir}: {exc.strerror or exc}"
-                outcomes.append(Outcome(False, reason, time.perf_counter() - started))
-            else:
-                outcomes.append(Outcome(True, None, time.perf_counter() - started))
-        return outcomes
+    def _write(self, message: RenderedMessage) -> Outcome:
+        started = time.perf_counter()
+        try:
+            write_eml(self.outbox_dir, message)
+        except OSError as exc:
+            reason = f"cannot write to outbox {self.outbox_dir}: {exc.strerror or exc}"
+            return Outcome(False, reason, time.perf_counter() - started)
+        return Outcome(True, None, time.perf_counter() - started)

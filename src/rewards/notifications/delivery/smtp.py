@@ -14,7 +14,7 @@ Each failure is classified once (:func:`classify`):
 
 Either way the outcome says what the server said (``"550 5.1.1 mailbox
 unavailable"``), or what went wrong on the way (``"connection refused: ..."``),
-and ``send_many`` never raises for one message.
+and ``send`` never raises for one message.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from email.message import EmailMessage
+from collections.abc import AsyncIterator
 
 import aiosmtplib
-from aiosmtplib.email import extract_recipients
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -38,6 +36,7 @@ from tenacity import (
 
 from rewards.config import Settings, SmtpSecurity
 from rewards.notifications.delivery.base import Outcome
+from rewards.notifications.messages import RenderedMessage
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +157,7 @@ class SmtpSender:
         finally:
             self._pool.put_nowait(client)
 
-    async def send_many(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
-        self._require_open()
-        return list(await asyncio.gather(*(self.send(m) for m in messages)))
-
-    async def send(self, message: EmailMessage) -> Outcome:
+    async def send(self, message: RenderedMessage) -> Outcome:
         """Deliver one message, retrying transient failures; never raises for a failure.
 
         ``Outcome.seconds`` counts from the first attempt (not the wait for a free
@@ -170,7 +165,7 @@ class SmtpSender:
         """
         self._require_open()
         started: float | None = None
-        pending = extract_recipients(message)
+        pending = list(message.recipients)
 
         async def attempt() -> None:
             nonlocal started, pending
@@ -180,7 +175,7 @@ class SmtpSender:
                         started = time.perf_counter()
                     if not client.is_connected:
                         await client.connect()
-                    refused, _ = await client.send_message(message, recipients=pending)
+                    refused, _ = await client.sendmail(message.sender, pending, message.data)
             except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
                 raise classify(exc) from exc
             if refused:
@@ -201,7 +196,7 @@ class SmtpSender:
         except Failure as failure:
             return Outcome(False, failure.detail, _since(started))
         except Exception as exc:  # a bug, not a delivery problem: log it, report it, go on
-            log.exception("unexpected error sending %s", message.get("Message-ID"))
+            log.exception("unexpected error sending %s", message.message_id)
             return Outcome(False, f"{type(exc).__name__}: {exc}", _since(started))
         return Outcome(True, None, _since(started))
 

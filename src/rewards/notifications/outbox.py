@@ -1,0 +1,356 @@
+"""The outbox: reminders written ``PENDING`` before they are sent, and who is sending them.
+
+A reminder's ``NotificationLog`` row and its ``NotificationDelivery`` row are
+written together. While the log row is ``PENDING`` the reminder is in the
+outbox; a dispatcher (in the job's process, or a worker anywhere) *claims* it
+by taking a lease, sends it, and *settles* it: ``SENT``, or ``FAILED``/``SKIPPED``
+with the reason. A lease is exclusive until it runs out, so a chunk delivered
+twice, or two workers, never send one row twice while it holds; a row whose
+lease ran out (its worker died) or that was never claimed (its task was lost)
+is put back by :func:`requeue_stale`. The database is the one source of truth:
+a queue that loses its messages loses nothing here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from rewards.models import LIVE_STATUS_SQL, UNSETTLED_SQL, Timestamp
+from rewards.notifications.planner import DueKey
+from rewards.notifications.tiers import Decision, Status, loggable_points
+from rewards.tables import deliveries, job_runs, notification_log, users
+
+
+@dataclass(frozen=True)
+class Written:
+    """A log row the planner wrote (``PENDING`` rows are in the outbox)."""
+
+    log_id: str
+    key: DueKey
+    status: Status
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An outbox row a dispatcher now holds, with the member as they are now."""
+
+    log_id: str
+    user_id: str
+    notification_type: str
+    expiration_date: date
+    points: int
+    email: str | None
+    name: str | None
+    email_notifications: bool
+    tries: int
+    """Claims so far, this one included: more than 1 means a re-send."""
+    as_of: datetime | None
+    """The as-of instant of the run responsible for it: the email speaks from its date."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How one claimed row ends: ``SENT`` at ``at``, or closed with a reason."""
+
+    log_id: str
+    status: Status
+    reason: str | None = None
+    at: datetime | None = None
+
+
+def _insert(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def write_planned(
+    conn: Connection,
+    planned: Sequence[tuple[str, DueKey, Decision]],
+    *,
+    run_id: str,
+    now: datetime,
+) -> list[Written]:
+    """Write the log rows of one planned batch and, for each, its delivery row.
+
+    ``planned``: (new log id, key, decision). A key that got a live row meanwhile
+    (another writer, a racing run) is left out by the partial unique index; what
+    was written is returned. Rows decided ``SKIPPED``/``FAILED`` are settled at once.
+    """
+    if not planned:
+        return []
+    keys = {log_id: key for log_id, key, _ in planned}
+    rows = [
+        {
+            "id": log_id,
+            "userId": key.user_id,
+            "notificationType": key.notification_type,
+            "status": decision.status.value,
+            "failureReason": decision.reason,
+            "expirationDate": key.expiration_stamp,
+            "pointsExpiring": loggable_points(key.points),
+            "createdAt": now,
+        }
+        for log_id, key, decision in planned
+    ]
+    inserted = conn.execute(
+        _insert(conn)(notification_log)
+        .on_conflict_do_nothing(
+            index_elements=["userId", "notificationType", "expirationDate"],
+            index_where=LIVE_STATUS_SQL,
+        )
+        .returning(
+            notification_log.c.id, notification_log.c.status, notification_log.c.failureReason
+        ),
+        rows,
+    ).all()
+    written = [Written(r.id, keys[r.id], Status(r.status), r.failureReason) for r in inserted]
+    if written:
+        conn.execute(
+            insert(deliveries),
+            [
+                {
+                    "logId": w.log_id,
+                    "runId": run_id,
+                    "queuedAt": now,
+                    "tries": 0,
+                    "settledAt": None if w.status is Status.PENDING else now,
+                }
+                for w in written
+            ],
+        )
+    return written
+
+
+def claim(
+    conn: Connection, log_ids: Sequence[str], *, now: datetime, lease_until: datetime, worker: str
+) -> list[Claimed]:
+    """Take the lease on those of ``log_ids`` no one holds, and read them with their member.
+
+    On PostgreSQL rows another transaction is claiming are skipped, not waited for
+    (``FOR UPDATE SKIP LOCKED``): two workers given the same chunk split it, and a
+    chunk delivered twice is sent once. Rows settled meanwhile are not claimed.
+    """
+    if not log_ids:
+        return []
+    claimable = and_(
+        UNSETTLED_SQL,
+        or_(deliveries.c.leaseUntil.is_(None), deliveries.c.leaseUntil < now),
+    )
+    if conn.dialect.name == "postgresql":
+        free = (
+            select(deliveries.c.logId)
+            .where(deliveries.c.logId == any_(bindparam("ids", list(log_ids), ARRAY(Text))))
+            .where(claimable)
+            .with_for_update(skip_locked=True)
+            .cte("free")
+        )
+        stmt = (
+            update(deliveries)
+            .where(deliveries.c.logId == free.c.logId)
+            .values(leaseUntil=lease_until, claimedBy=worker, tries=deliveries.c.tries + 1)
+            .returning(deliveries.c.logId, deliveries.c.tries)
+        )
+    else:
+        stmt = (
+            update(deliveries)
+            .where(deliveries.c.logId.in_(list(log_ids)), claimable)
+            .values(leaseUntil=lease_until, claimedBy=worker, tries=deliveries.c.tries + 1)
+            .returning(deliveries.c.logId, deliveries.c.tries)
+        )
+    tries: dict[str, int] = {r.logId: int(r.tries) for r in conn.execute(stmt)}
+    if not tries:
+        return []
+    rows = conn.execute(
+        select(
+            notification_log.c.id,
+            notification_log.c.userId,
+            notification_log.c.notificationType,
+            notification_log.c.expirationDate,
+            notification_log.c.pointsExpiring,
+            users.c.email,
+            users.c.name,
+            users.c.emailNotifications,
+            job_runs.c.asOf,
+        )
+        .join(users, users.c.id == notification_log.c.userId)
+        .join(deliveries, deliveries.c.logId == notification_log.c.id)
+        .outerjoin(job_runs, job_runs.c.id == deliveries.c.runId)
+        .where(
+            notification_log.c.id.in_(list(tries)),
+            notification_log.c.status == Status.PENDING.value,
+        )
+        .order_by(notification_log.c.id)
+    )
+    return [
+        Claimed(
+            r.id,
+            r.userId,
+            r.notificationType,
+            r.expirationDate.date(),
+            r.pointsExpiring,
+            r.email,
+            r.name,
+            bool(r.emailNotifications),
+            int(tries[r.id]),
+            r.asOf,
+        )
+        for r in rows
+    ]
+
+
+def settle(conn: Connection, outcomes: Sequence[Settled], *, now: datetime) -> None:
+    """Close claimed rows: their log row's status (only while still ``PENDING``), and done."""
+    if not outcomes:
+        return
+    sent = [o for o in outcomes if o.status is Status.SENT]
+    closed = [o for o in outcomes if o.status is not Status.SENT]
+    pending = notification_log.c.status == Status.PENDING.value
+    if sent:
+        conn.execute(
+            update(notification_log)
+            .where(notification_log.c.id == bindparam("log_id"), pending)
+            .values(status=Status.SENT.value, sentAt=bindparam("at", type_=Timestamp)),
+            [{"log_id": o.log_id, "at": o.at or now} for o in sent],
+        )
+    if closed:
+        conn.execute(
+            update(notification_log)
+            .where(notification_log.c.id == bindparam("log_id"), pending)
+            .values(status=bindparam("new_status"), failureReason=bindparam("reason")),
+            [
+                {"log_id": o.log_id, "new_status": o.status.value, "reason": o.reason}
+                for o in closed
+            ],
+        )
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.logId.in_([o.log_id for o in outcomes]))
+        .values(settledAt=now, leaseUntil=None)
+    )
+
+
+def adopt_orphans(conn: Connection) -> int:
+    """Give a delivery row to ``PENDING`` log rows that have none (written by an earlier
+    version, or by hand), as queued when they were written and already tried once: the
+    sweep then treats them as any other row a sender left behind."""
+    orphans = (
+        select(notification_log.c.id, notification_log.c.createdAt, literal(1))
+        .where(notification_log.c.status == Status.PENDING.value)
+        .where(~exists().where(deliveries.c.logId == notification_log.c.id))
+    )
+    result = conn.execute(insert(deliveries).from_select(["logId", "queuedAt", "tries"], orphans))
+    return result.rowcount
+
+
+def requeue_stale(
+    conn: Connection,
+    *,
+    now: datetime,
+    lease_seconds: int,
+    run_id: str | None = None,
+    limit: int = 10_000,
+) -> list[str]:
+    """Put back in the queue what no live dispatcher holds: leases run out, or never claimed.
+
+    A row claimed by a worker that died has an expired lease; a row whose task was
+    lost (a broker that lost its queue) was queued more than a lease ago and never
+    claimed. They are marked queued now (so two sweepers do not both take them)
+    and, with ``run_id``, handed to that run. Returns their ids.
+    """
+    stale = and_(
+        UNSETTLED_SQL,
+        or_(
+            deliveries.c.leaseUntil < now,
+            and_(
+                deliveries.c.leaseUntil.is_(None),
+                deliveries.c.queuedAt < now - timedelta(seconds=lease_seconds),
+            ),
+        ),
+    )
+    chosen = select(deliveries.c.logId).where(stale).order_by(deliveries.c.queuedAt).limit(limit)
+    if conn.dialect.name == "postgresql":
+        chosen = chosen.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {"queuedAt": now, "leaseUntil": None}
+    if run_id is not None:
+        values["runId"] = run_id
+    picked = chosen.cte("picked")
+    rows = conn.execute(
+        update(deliveries)
+        .where(deliveries.c.logId.in_(select(picked.c.logId)))
+        .values(**values)
+        .returning(deliveries.c.logId)
+    ).all()
+    return [r.logId for r in rows]
+
+
+def unsettled(conn: Connection, run_id: str) -> int:
+    """How many of the run's reminders are not settled yet."""
+    return int(
+        conn.scalar(
+            select(func.count())
+            .select_from(deliveries)
+            .where(deliveries.c.runId == run_id, UNSETTLED_SQL)
+        )
+        or 0
+    )
+
+
+@dataclass
+class RunCounts:
+    by_type: dict[str, Counter[str]]
+    failures: Counter[str]
+    resent: int
+    """Rows an earlier sender left unsettled that this run sent."""
+
+
+def run_counts(conn: Connection, run_id: str) -> RunCounts:
+    """The run's reminders by tier and status, and its failures by reason (before a colon)."""
+    resend = deliveries.c.tries > 1
+    rows = conn.execute(
+        select(
+            notification_log.c.notificationType,
+            notification_log.c.status,
+            notification_log.c.failureReason,
+            resend.label("resend"),
+            func.count(),
+        )
+        .join(deliveries, deliveries.c.logId == notification_log.c.id)
+        .where(deliveries.c.runId == run_id)
+        .group_by(
+            notification_log.c.notificationType,
+            notification_log.c.status,
+            notification_log.c.failureReason,
+            resend,
+        )
+    )
+    by_type: dict[str, Counter[str]] = defaultdict(Counter)
+    failures: Counter[str] = Counter()
+    resent = 0
+    for notification_type, status, reason, resend_row, count in rows:
+        by_type[notification_type][status] += count
+        if status == Status.FAILED.value and reason:
+            failures[reason.split(":", 1)[0]] += count
+        if resend_row and status == Status.SENT.value:
+            resent += count
+    return RunCounts(dict(by_type), failures, resent)
