@@ -44,12 +44,16 @@ from rewards.notifications.runs import (
     RunStatus,
     describe_error,
     finish_run,
+    record_progress,
     start_run,
 )
 from rewards.notifications.schedule import scheduled_time
 from rewards.notifications.tiers import Status, decide
 
 log = logging.getLogger("rewards.notifications.job")
+
+PROGRESS_EVERY = 1.0
+"""Seconds between two writes of a running job's progress into its record."""
 
 LAST_DAY = date(9000, 12, 31)
 """The latest as-of date: later ones would look past the end of the calendar."""
@@ -128,12 +132,14 @@ class CheckExpiringPointsJob:
                 summary.timed("send"),
                 create_dispatcher(self.engine, self.settings, clock=self.clock) as dispatcher,
             ):
+                progress = self._progress(summary)
                 dispatcher.dispatch(self._requeue_stale(run_id))
                 for planned, pending in self._write_outbox(run_id, as_of):
                     summary.planned += planned
                     dispatcher.dispatch(pending)
+                    progress()
                 if wait:
-                    dispatcher.wait(run_id)
+                    dispatcher.wait(run_id, progress=progress)
             self._count(summary, run_id)
         except Exception as exc:
             summary.error = describe_error(exc)
@@ -232,6 +238,22 @@ class CheckExpiringPointsJob:
             max_attempts=self.settings.notify_max_attempts,
             batch_size=self.settings.notify_batch_size,
         )
+
+    def _progress(self, summary: JobSummary) -> Callable[[], None]:
+        """A callback that writes the run's counts so far into its record, once a second
+        at most: an operator watching a long run sees it move."""
+        last = time.monotonic()
+
+        def progress() -> None:
+            nonlocal last
+            if time.monotonic() - last < PROGRESS_EVERY:
+                return
+            last = time.monotonic()
+            assert summary.run_id is not None
+            self._count(summary, summary.run_id, quietly=True)
+            record_progress(self.engine, summary)
+
+        return progress
 
     def _count(self, summary: JobSummary, run_id: str, *, quietly: bool = False) -> None:
         """The run's outcome by tier and status, as the outbox recorded it."""

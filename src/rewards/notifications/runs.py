@@ -160,6 +160,35 @@ def start_run(engine: Engine, summary: JobSummary, trigger: str, now: datetime) 
     return run_id
 
 
+def _figures(summary: JobSummary) -> dict[str, Any]:
+    return {
+        "expiredEntries": summary.expired_entries,
+        "expiredPoints": summary.expired_points,
+        "planned": summary.planned,
+        "sent": summary.sent,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "resent": summary.resent,
+        "countsByType": summary.counts_by_type(),
+    }
+
+
+def record_progress(engine: Engine, summary: JobSummary) -> None:
+    """Write what the run has done so far into its record, while it is still ``RUNNING``:
+    operators watching a long run see it move. Never raises; the end records it anyway."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(R)
+                .where(R.c.id == summary.run_id, R.c.status == RunStatus.RUNNING.value)
+                .values(**_figures(summary))
+            )
+    except Exception:
+        log.warning(
+            "[CheckExpiringPointsJob] could not record the progress of run %s", summary.run_id
+        )
+
+
 def finish_run(engine: Engine, summary: JobSummary, status: RunStatus, now: datetime) -> None:
     """Close this run's record with what it did; never raises (the database may be what failed)."""
     try:
@@ -170,14 +199,7 @@ def finish_run(engine: Engine, summary: JobSummary, status: RunStatus, now: date
                 .values(
                     status=status.value,
                     finishedAt=now,
-                    expiredEntries=summary.expired_entries,
-                    expiredPoints=summary.expired_points,
-                    planned=summary.planned,
-                    sent=summary.sent,
-                    failed=summary.failed,
-                    skipped=summary.skipped,
-                    resent=summary.resent,
-                    countsByType=summary.counts_by_type(),
+                    **_figures(summary),
                     error=summary.error,
                 )
             )
