@@ -141,3 +141,19 @@ def test_ledger_commands_need_a_migrated_database(empty_database_url: str) -> No
     result = rewards("ledger", "sync", DATABASE_URL=empty_database_url)
     assert result.returncode == 1
     assert "rewards db upgrade" in result.stderr
+
+
+def test_a_large_sync_runs_batches_side_by_side_and_leaves_nothing_out(
+    upgraded: tuple[str, Engine],
+) -> None:
+    # Ten batches or more: on PostgreSQL, two transactions at a time, each on its own
+    # thread; on SQLite, one after another. Every account is built all the same.
+    url, engine = upgraded
+    seen: list[int] = []
+    total = sync_all(engine, utcnow(), batch_accounts=3, progress=lambda s: seen.append(s.accounts))
+    assert total.accounts == ACCOUNTS == sum(seen)
+    assert lot_count(engine) == 3 * ACCOUNTS
+    with engine.connect() as conn:
+        assert count_pending(conn) == 0
+    check = rewards("ledger", "check", DATABASE_URL=url)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -1,12 +1,15 @@
 """The lot projection's statements on PostgreSQL: plain SQL to the driver, with arrays.
 
 A sync batch touches thousands of accounts. Each statement here takes them all as one
-array parameter (``= ANY(%s)``, ``unnest``), so a batch is a handful of round trips
+array parameter (``= ANY(%b)``, ``unnest``), so a batch is a handful of round trips
 whatever its size, and none of its time goes to building statements or to
 SQLAlchemy's per-value processing: psycopg sends Python lists as arrays and returns
-plain tuples. Predicates meant to match a partial index are spelled with constants,
-as in :mod:`rewards.models` (a prepared statement's generic plan cannot match a
-parameter against an index predicate).
+plain tuples. Arrays go in binary (``%b``): a text array has each element quoted in
+Python, ten times the cost (5 ms for 4,000 values).
+
+Predicates meant to match a partial index are spelled with constants, as in
+:mod:`rewards.models` (a prepared statement's generic plan cannot match a parameter
+against an index predicate).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg.errors import UniqueViolation as UniqueViolation  # what these statements raise
+from psycopg.errors import DeadlockDetected as DeadlockDetected  # what these statements raise
+from psycopg.errors import UniqueViolation as UniqueViolation
 from sqlalchemy import Connection
 
 COPY_THRESHOLD = 100
@@ -51,18 +55,22 @@ ANOMALIES = Columns(
 )
 
 LOCK = """
-SELECT "id", "userId" FROM "Account" WHERE "id" = ANY(%s::text[]) ORDER BY "id" FOR UPDATE
+SELECT "id", "userId" FROM "Account" WHERE "id" = ANY(%b::text[]) ORDER BY "id" FOR UPDATE
 """
 """Locked in id order, so two lockers of overlapping sets cannot deadlock. Whatever the
 sync reads of an account, it reads in later statements: their snapshot is taken once
 the lock is held, so they see what a writer that held it before committed."""
 LOCK_SKIP_LOCKED = LOCK.rstrip() + " SKIP LOCKED"
 
-MEMBERS = 'SELECT "id", "userId" FROM "Account" WHERE "id" = ANY(%s::text[])'
+PENDING_AMONG = """
+SELECT DISTINCT "accountId" FROM "LedgerChange" WHERE "accountId" = ANY(%b::text[]) ORDER BY 1
+"""
+
+MEMBERS = 'SELECT "id", "userId" FROM "Account" WHERE "id" = ANY(%b::text[])'
 
 TAKE_CHANGES = """
 WITH taken AS (
-    DELETE FROM "LedgerChange" WHERE "accountId" = ANY(%s::text[])
+    DELETE FROM "LedgerChange" WHERE "accountId" = ANY(%b::text[])
     RETURNING "accountId", "since"
 )
 SELECT t."accountId", bool_or(t."since" IS NULL), min(t."since"),
@@ -74,18 +82,18 @@ the earliest ``since``, and how far the lots account for its ledger (by key: a j
 was planned as a scan of every state, to merge in id order)."""
 
 STATES = """
-SELECT "accountId", "syncedThrough" FROM "LedgerSyncState" WHERE "accountId" = ANY(%s::text[])
+SELECT "accountId", "syncedThrough" FROM "LedgerSyncState" WHERE "accountId" = ANY(%b::text[])
 """
 
 LEDGER = (
     'SELECT "accountId", "id", "entryType", "credit", "debit", "createdAt", "expiresAt"'
-    ' FROM "PointLedger" WHERE "accountId" = ANY(%s::text[])'
+    ' FROM "PointLedger" WHERE "accountId" = ANY(%b::text[])'
 )
 
 NEW_ROWS = """
 SELECT s.account_id, x.latest,
        l."id", l."entryType", l."credit", l."debit", l."createdAt", l."expiresAt"
-FROM unnest(%s::text[], %s::timestamp[]) AS s(account_id, synced)
+FROM unnest(%b::text[], %b::timestamp[]) AS s(account_id, synced)
 CROSS JOIN LATERAL (
     SELECT max(e."expiresAt") AS latest FROM "PointLedger" AS e
     WHERE e."accountId" = s.account_id AND e."entryType" = 'EXPIRE'
@@ -98,35 +106,35 @@ recorded expiry. Index ranges of ``(accountId, createdAt)`` and of the ``EXPIRE`
 LIVE_LOTS = """
 SELECT "accountId", "id", "credited", "remaining", "createdAt", "expiresAt"
 FROM "PointLot"
-WHERE "accountId" = ANY(%s::text[]) AND "remaining" > 0 AND NOT "expired"
+WHERE "accountId" = ANY(%b::text[]) AND "remaining" > 0 AND NOT "expired"
 """
 
 UPDATE_LOTS = """
 UPDATE "PointLot" AS l
 SET "remaining" = coalesce(v.remaining, l."remaining"), "expired" = l."expired" OR v.expired
-FROM unnest(%s::text[], %s::integer[], %s::boolean[]) AS v(id, remaining, expired)
+FROM unnest(%b::text[], %b::integer[], %b::boolean[]) AS v(id, remaining, expired)
 WHERE l."id" = v.id
 """
 
 SAVE_STATES = """
 INSERT INTO "LedgerSyncState" ("accountId", "syncedThrough")
-SELECT * FROM unnest(%s::text[], %s::timestamp[])
+SELECT * FROM unnest(%b::text[], %b::timestamp[])
 ON CONFLICT ("accountId") DO UPDATE SET "syncedThrough" = EXCLUDED."syncedThrough"
 """
 
 CLEAR = """
 WITH gone_lots AS (
     DELETE FROM "PointLot"
-    WHERE "accountId" = ANY(%(accounts)s::text[]) OR "id" = ANY(%(lots)s::text[])
+    WHERE "accountId" = ANY(%(accounts)b::text[]) OR "id" = ANY(%(lots)b::text[])
 ), gone_allocations AS (
     DELETE FROM "PointAllocation"
-    WHERE "accountId" = ANY(%(accounts)s::text[]) OR "debitId" = ANY(%(debits)s::text[])
+    WHERE "accountId" = ANY(%(accounts)b::text[]) OR "debitId" = ANY(%(debits)b::text[])
 ), gone_anomalies AS (
     DELETE FROM "LedgerAnomaly"
-    WHERE ("accountId" = ANY(%(accounts)s::text[]) AND "kind" = 'SHORTFALL')
-       OR "id" = ANY(%(anomalies)s::text[])
+    WHERE ("accountId" = ANY(%(accounts)b::text[]) AND "kind" = 'SHORTFALL')
+       OR "id" = ANY(%(anomalies)b::text[])
 ), gone_states AS (
-    DELETE FROM "LedgerSyncState" WHERE "accountId" = ANY(%(accounts)s::text[])
+    DELETE FROM "LedgerSyncState" WHERE "accountId" = ANY(%(accounts)b::text[])
 )
 SELECT 1
 """

@@ -146,7 +146,8 @@ def due_expirations(
         sums: dict[tuple[str, datetime], int] = defaultdict(int)
         for account_id, at, points in pg.stream(conn, DUE_SQL, (as_of,)):
             sums[account_id, at] += points
-        return [DueExpiry(a, t, p) for (a, t), p in sums.items()]
+        # By account: the entries go into the ledger's account indexes in key order.
+        return [DueExpiry(a, t, p) for (a, t), p in sorted(sums.items())]
     due = select(
         lots.c.accountId,
         lots.c.expiresAt,
@@ -160,7 +161,7 @@ def due_expirations(
 
 POST_SQL = """
 WITH due (account_id, expires_at, points, id) AS (
-    SELECT * FROM unnest(%s::text[], %s::timestamp[], %s::integer[], %s::text[])
+    SELECT * FROM unnest(%b::text[], %b::timestamp[], %b::integer[], %b::text[])
 ), posted AS (
     INSERT INTO "PointLedger"
         ("id", "accountId", "entryType", "debit", "description", "createdAt", "expiresAt")

@@ -15,7 +15,7 @@ plain timestamps and daylight-saving days have their true length.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -39,7 +39,6 @@ from sqlalchemy import (
 
 from rewards.clock import local_date, local_midnight_utc
 from rewards.db import tune_for_batch
-from rewards.ledger.projection import among
 from rewards.ledger.queries import expiring_lots
 from rewards.models import LIVE_LOT_SQL, Timestamp
 from rewards.notifications.tiers import LIVE_STATUSES, Status, notification_type, tier_due
@@ -143,9 +142,13 @@ WITH due_days ("expirationDate", "notificationType", "daysLeft") AS (
     WHERE n."expirationDate" >= :first AND n."expirationDate" <= :last
     GROUP BY 1, 2
 )
-SELECT due."userId", due."notificationType", due."expirationDate", due."daysLeft", due.points
+SELECT due."userId", due."notificationType", due."expirationDate", due."daysLeft", due.points,
+       u."email", u."name", u."emailNotifications"
 FROM due
 LEFT JOIN settled AS s ON s."userId" = due."userId" AND s."expirationDate" = due."expirationDate"
+CROSS JOIN LATERAL (
+    SELECT "email", "name", "emailNotifications" FROM "User" WHERE "id" = due."userId" LIMIT 1
+) AS u
 WHERE s."userId" IS NULL OR (s.live = 0 AND s.failures < :max_attempts)
 ORDER BY 1, 3
 """
@@ -158,7 +161,9 @@ build than PostgreSQL takes to answer it.
   calendar date in the programme's time zone, computed by the server);
 * ``settled``: one range of the log's rows for the window's dates (an index on
   ``expirationDate``, covering), grouped: whether the key of the tier due now has a
-  live row, and how many of its attempts failed; rather than two probes per key."""
+  live row, and how many of its attempts failed; rather than two probes per key;
+* the member of each key left, by key: the ``LIMIT`` keeps it a look-up per key (as
+  a join, it could be planned as a scan of every member)."""
 
 
 def _plan_params(
@@ -233,7 +238,11 @@ def sqlite_plan_query(days: Sequence[DueDay], as_of: datetime, max_attempts: int
             due.c.expirationDate,
             due.c.daysLeft,
             due.c.points,
+            users.c.email,
+            users.c.name,
+            users.c.emailNotifications,
         )
+        .join(users, users.c.id == due.c.userId)
         .outerjoin(
             settled,
             and_(
@@ -260,11 +269,7 @@ def plan_due_notifications(
     max_attempts: int,
     batch_size: int = 1000,
 ) -> Iterator[list[DueKey]]:
-    """Stream the due keys in batches (memory stays bounded at any size).
-
-    Each batch's members are then read by id: a keyed read the planner cannot turn
-    into a scan of every member, as a join in the plan query could.
-    """
+    """Stream the due keys in batches (memory stays bounded at any size)."""
     tune_for_batch(conn)
     days = due_days(as_of, zone, tiers)
     streamed = {"stream_results": True, "yield_per": batch_size}
@@ -275,7 +280,6 @@ def plan_due_notifications(
         query = sqlite_plan_query(days, as_of, max_attempts)
         result = conn.execute(query.execution_options(**streamed))
     for partition in result.partitions(batch_size):
-        members = _members(conn, {row.userId for row in partition})
         yield [
             DueKey(
                 user_id=row.userId,
@@ -283,19 +287,12 @@ def plan_due_notifications(
                 expiration_date=row.expirationDate.date(),
                 days_left=int(row.daysLeft),
                 points=int(row.points),
-                email=members[row.userId].email,
-                name=members[row.userId].name,
-                email_notifications=bool(members[row.userId].emailNotifications),
+                email=row.email,
+                name=row.name,
+                email_notifications=bool(row.emailNotifications),
             )
             for row in partition
         ]
-
-
-def _members(conn: Connection, user_ids: Collection[str]) -> dict[str, Any]:
-    query = select(users.c.id, users.c.email, users.c.name, users.c.emailNotifications).where(
-        among(users.c.id, user_ids, conn.dialect.name)
-    )
-    return {row.id: row for row in conn.execute(query)}
 
 
 def points_left_on_dates(
