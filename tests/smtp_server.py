@@ -224,9 +224,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def running_smtp_server(behaviour: Behaviour = ACCEPT) -> Iterator[SmtpServer]:
-    """Start a server on 127.0.0.1 and a free port; stop it on exit."""
-    stats = SmtpServer(host="127.0.0.1", port=free_port(), behaviour=behaviour)
+def running_smtp_server(
+    behaviour: Behaviour = ACCEPT, *, port: int | None = None
+) -> Iterator[SmtpServer]:
+    """Start a server on 127.0.0.1 and ``port`` (default: a free one); stop it on exit.
+
+    A given port lets a test start the server where a client already looks for it:
+    a server that was down, coming up.
+    """
+    stats = SmtpServer(host="127.0.0.1", port=port or free_port(), behaviour=behaviour)
     controller = _Controller(stats)
     controller.start()
     # start() opens one probe connection of its own; let it close, then start counting.

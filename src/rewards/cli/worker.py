@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -51,6 +52,8 @@ def worker(
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",
-            "--hostname=rewards@%h",
+            # One name per process: Celery's control queue is exclusive to its node name,
+            # so a second worker of one name on a host would die at start.
+            f"--hostname=rewards-{os.getpid()}@%h",
         ]
     )

@@ -259,7 +259,11 @@ def adopt_orphans(conn: Connection) -> int:
         .where(notification_log.c.status == Status.PENDING.value)
         .where(~exists().where(deliveries.c.logId == notification_log.c.id))
     )
-    result = conn.execute(insert(deliveries).from_select(["logId", "queuedAt", "tries"], orphans))
+    result = conn.execute(
+        insert(deliveries).from_select(["logId", "queuedAt", "tries"], orphans),
+        # An INSERT's row count is not kept by default (psycopg would report -1).
+        execution_options={"preserve_rowcount": True},
+    )
     return result.rowcount
 
 
