@@ -7,6 +7,7 @@ application (:func:`rewards.ids.new_id`) unless a client supplies one.
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Text,
     TypeDecorator,
+    func,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -87,8 +89,30 @@ class Base(DeclarativeBase):
     metadata = MetaData()
 
 
+# The console finds members by the start of their email or name, in any case: expression
+# indexes, on PostgreSQL only (SQLite cannot reflect them, and its programmes are small).
+# Alembic says on every SQLite comparison that it cannot compare them; that is by design.
+warnings.filterwarnings(
+    "ignore",
+    message="autogenerate skipping metadata-specified expression-based index 'User_",
+    category=UserWarning,
+)
+
+
 class User(Base):
     __tablename__ = "User"
+    __table_args__ = (
+        Index(
+            "User_email_search_idx",
+            func.lower(text('"email"')),
+            postgresql_ops={'lower("email")': "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "User_name_search_idx",
+            func.lower(text('"name"')),
+            postgresql_ops={'lower("name")': "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+    )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
     email: Mapped[str | None] = mapped_column("email", Text)
@@ -192,6 +216,13 @@ class NotificationLog(Base):
             "expirationDate",
         ),
         Index("NotificationLog_status_createdAt_idx", "status", "createdAt"),
+        # Newest first, and the console's counts per day: an index-only range on PostgreSQL.
+        Index(
+            "NotificationLog_createdAt_idx",
+            "createdAt",
+            "id",
+            postgresql_include=["notificationType", "status"],
+        ),
         # The plan reads the rows of its window's dates in one range, to leave out the keys
         # already settled (index-only on PostgreSQL), rather than probing twice per key.
         Index(
@@ -433,3 +464,53 @@ class SendRateBucket(Base):
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
     tokens: Mapped[float] = mapped_column("tokens", Float)
     refilledAt: Mapped[datetime] = mapped_column("refilledAt", Timestamp)
+
+
+# -- members' reminder preferences, and how the console finds things ------------------------
+
+PREFERENCE_VIAS = (
+    "UNSUBSCRIBE_LINK",
+    "MEMBER_PAGE",
+    "API",
+    "CONSOLE",
+    "BULK_CONSOLE",
+    "BULK_CLI",
+    "BULK_API",
+)
+"""How a preference can change: the values of ``PreferenceChange.via``
+(:class:`rewards.members.service.ChangeVia` names them)."""
+
+
+class PreferenceChange(Base):
+    """One change of a member's reminder preference: what it became, when, who made it and how.
+
+    Written by the service with the change itself, in the same transaction; a write
+    that changes nothing (already opted out) records nothing. Changes made by other
+    applications straight in ``User`` are not seen here.
+    """
+
+    __tablename__ = "PreferenceChange"
+    __table_args__ = (
+        Index("PreferenceChange_userId_changedAt_idx", "userId", "changedAt"),
+        CheckConstraint(
+            '"via" IN (' + ", ".join(f"'{v}'" for v in PREFERENCE_VIAS) + ")",
+            name="PreferenceChange_via_check",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True, default=new_id)
+    userId: Mapped[str] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey(
+            "User.id", name="PreferenceChange_userId_fkey", ondelete="CASCADE", onupdate="CASCADE"
+        ),
+    )
+    emailNotifications: Mapped[bool] = mapped_column("emailNotifications", Boolean)
+    """The preference as the change left it: true, reminders on; false, off."""
+    changedAt: Mapped[datetime] = mapped_column("changedAt", Timestamp, server_default=NOW)
+    via: Mapped[str] = mapped_column("via", Text)
+    changedBy: Mapped[str] = mapped_column("changedBy", Text)
+    """Who: ``member`` (a signed link), ``client application``, ``operator <name>``, …"""
+    detail: Mapped[str | None] = mapped_column("detail", Text)
+    """Anything else worth knowing, e.g. the bulk file and line it came from."""

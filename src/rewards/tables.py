@@ -22,6 +22,7 @@ from rewards.models import (
     PointAllocation,
     PointLedger,
     PointLot,
+    PreferenceChange,
     SendRateBucket,
     User,
 )
@@ -38,3 +39,4 @@ changes = cast(Table, LedgerChange.__table__)
 sync_state = cast(Table, LedgerSyncState.__table__)
 deliveries = cast(Table, NotificationDelivery.__table__)
 send_rate = cast(Table, SendRateBucket.__table__)
+preference_changes = cast(Table, PreferenceChange.__table__)

@@ -264,9 +264,11 @@ EXPECTED_OPERATIONS = {
     ("get", "/admin/job-runs"),
     ("get", "/admin/ledger-anomalies"),
     ("post", "/admin/jobs/check-expiring-points"),
+    ("post", "/admin/members/opt-out"),
     ("get", "/balance"),
     ("get", "/unsubscribe"),
     ("post", "/unsubscribe"),
+    ("post", "/resubscribe"),
     ("get", "/healthz"),
     ("get", "/metrics"),
 }

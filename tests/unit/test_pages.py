@@ -11,6 +11,7 @@ from rewards.api.pages import (
     BALANCE,
     PRIVATE_HEADERS,
     REFUSED,
+    RESUBSCRIBED,
     TEMPLATE_NAMES,
     UNSUBSCRIBE_CONFIRM,
     UNSUBSCRIBED,
@@ -30,11 +31,13 @@ BALANCE_CONTEXT: dict[str, Any] = {
         }
     ],
     "unsubscribe_url": "unsubscribe?token=t",
+    "resubscribe_url": "resubscribe?token=r",
 }
 CONTEXTS: dict[str, dict[str, Any]] = {
     BALANCE: BALANCE_CONTEXT,
     UNSUBSCRIBE_CONFIRM: {"action": "unsubscribe?token=t"},
-    UNSUBSCRIBED: {},
+    UNSUBSCRIBED: {"resubscribe_url": "resubscribe?token=r"},
+    RESUBSCRIBED: {"balance_url": "balance?token=b"},
     REFUSED: {"detail": "This link is invalid.", "advice": "Use the latest one."},
 }
 
@@ -76,3 +79,4 @@ def test_the_balance_page_says_when_reminders_are_off(pages: Pages) -> None:
     html = bytes(pages.render(BALANCE, **{**BALANCE_CONTEXT, "unsubscribe_url": None}).body)
     assert b"Expiry reminders are off" in html
     assert b"unsubscribe?token=" not in html
+    assert b'<form method="post" action="resubscribe?token=r">' in html

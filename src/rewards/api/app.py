@@ -14,11 +14,12 @@ from sqlalchemy import Engine
 
 from rewards import __version__
 from rewards.api import errors
-from rewards.api.limits import BodySizeLimit
 from rewards.api.pages import Pages
-from rewards.api.routes import accounts, admin, balance, health, members, unsubscribe
+from rewards.api.routes import accounts, admin, balance, health, members, opt_out, unsubscribe
 from rewards.api.schemas import Problem, problem_responses
+from rewards.api.uploads import BodySizeLimits
 from rewards.config import Settings, load_settings
+from rewards.console import views as console
 from rewards.db import create_db_engine
 from rewards.logs import configure_logging
 from rewards.metrics import build_registry
@@ -32,8 +33,9 @@ before they lose them.
 
 * Client endpoints (`/users`, `/accounts`) take `Authorization: Bearer <REWARDS_API_TOKEN>`.
 * Operator endpoints (`/admin`) take `Authorization: Bearer <REWARDS_ADMIN_TOKEN>`.
-* Member pages (`/balance`, `/unsubscribe`), opened from the links in the reminder emails,
-  need no header: the signed token in the link is the credential.
+* Member pages (`/balance`, `/unsubscribe`, `/resubscribe`), opened from the links in the
+  reminder emails, need no header: the signed token in the link is the credential.
+* The operators' console is at `/console` (HTML; sign in with the admin token).
 
 Timestamps are ISO 8601; one without a time zone is read as UTC. Errors are
 `application/problem+json` (RFC 9457).
@@ -61,6 +63,7 @@ def create_app(
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
+            app.state.console.runner.close()
             if owns_engine:
                 db.dispose()
 
@@ -75,9 +78,10 @@ def create_app(
     app.state.metrics = build_registry(db)
     app.state.pages = Pages(programme=sender_name(settings.email_from))
     errors.install(app)
-    app.add_middleware(BodySizeLimit)
-    for module in (members, accounts, admin, balance, unsubscribe, health):
+    app.add_middleware(BodySizeLimits)
+    for module in (members, accounts, admin, opt_out, balance, unsubscribe, health):
         app.include_router(module.router, responses=problem_responses(503))
+    console.install(app, settings, db)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -28,8 +28,9 @@ from rewards.templating import strict_environment
 BALANCE = "balance.html.j2"
 UNSUBSCRIBE_CONFIRM = "unsubscribe-confirm.html.j2"
 UNSUBSCRIBED = "unsubscribed.html.j2"
+RESUBSCRIBED = "resubscribed.html.j2"
 REFUSED = "refused.html.j2"
-TEMPLATE_NAMES = (BALANCE, UNSUBSCRIBE_CONFIRM, UNSUBSCRIBED, REFUSED)
+TEMPLATE_NAMES = (BALANCE, UNSUBSCRIBE_CONFIRM, UNSUBSCRIBED, RESUBSCRIBED, REFUSED)
 
 PRIVATE_HEADERS: Mapping[str, str] = {
     "Cache-Control": "no-store",

@@ -10,7 +10,7 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from rewards.cli import db, demo, ledger, notify, scheduler, serve, worker
+from rewards.cli import db, demo, ledger, members, notify, scheduler, serve, worker
 from rewards.cli.context import AppContext, err
 from rewards.config import SettingsError
 from rewards.db import DatabaseUnavailable
@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(members.app, name="members")
 app.add_typer(notify.app, name="notify")
 app.command(name="scheduler")(scheduler.scheduler)
 app.command(name="serve")(serve.serve)

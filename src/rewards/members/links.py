@@ -33,11 +33,15 @@ class LinkPurpose(StrEnum):
     """Turn the member's reminder emails off (one-click, RFC 8058)."""
     BALANCE = "balance"
     """Read the member's balance and upcoming expirations."""
+    RESUBSCRIBE = "resubscribe"
+    """Turn the member's reminder emails back on: the button of a member page, signed when
+    the page is shown (never put in an email)."""
 
 
 MAX_AGE_SECONDS: Mapping[LinkPurpose, int] = {
     LinkPurpose.UNSUBSCRIBE: 400 * DAY_SECONDS,
     LinkPurpose.BALANCE: 90 * DAY_SECONDS,
+    LinkPurpose.RESUBSCRIBE: DAY_SECONDS,
 }
 """How long a link works after it was issued, per purpose.
 
@@ -50,6 +54,9 @@ have gone (the page then shows what is left and what expires next). The page
 shows personal data, so the link lives much shorter than the unsubscribe one;
 a member with an older email gets a page asking for the latest reminder's link.
 With tiers beyond 90 days a reminder's balance link would expire before its points do.
+
+Resubscribe: a day. The token is signed into a button when a member page is shown,
+so it only has to last until the member presses it.
 """
 
 

@@ -4,7 +4,7 @@ No bearer token: the signed balance link is the credential, and it opens this
 page only (:class:`~rewards.members.links.LinkPurpose`). The page shows what the
 member can spend over all their accounts, what expires on which date in the
 coming :data:`WINDOW_DAYS` (calendar dates in the programme's time zone), and how
-to stop the reminders.
+to stop the reminders, or to turn them back on.
 """
 
 from __future__ import annotations
@@ -65,10 +65,13 @@ def balance_page(
     held = ledger.holdings(conn, account_ids, as_of=now, until=until, zone=zone)
     available, expiring = held.available, held.expiring
 
-    unsubscribe = None
+    unsubscribe = resubscribe = None
     if member.email_notifications:
         fresh = make_link_token(secret, LinkPurpose.UNSUBSCRIBE, member_id, now=now)
         unsubscribe = link_path(LinkPurpose.UNSUBSCRIBE, fresh)
+    else:
+        fresh = make_link_token(secret, LinkPurpose.RESUBSCRIBE, member_id, now=now)
+        resubscribe = link_path(LinkPurpose.RESUBSCRIBE, fresh)
     rows: list[dict[str, Any]] = [
         {
             "date_text": format_date(e.date),
@@ -85,4 +88,5 @@ def balance_page(
         window_days=WINDOW_DAYS,
         expiring=rows,
         unsubscribe_url=unsubscribe,
+        resubscribe_url=resubscribe,
     )

@@ -32,6 +32,9 @@ router = APIRouter(
     responses=problem_responses(400, 401, 404, 409, 413, 422),
 )
 
+API_CHANGE = members.ChangeOrigin(members.ChangeVia.API, "client application")
+"""How a preference changed through ``PATCH /users/{id}`` is recorded."""
+
 Days = Annotated[int, Query(ge=1, le=3650, description="How many days ahead to look.")]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
@@ -86,11 +89,13 @@ def get_user(userId: str, conn: ReadConn) -> UserOut:
 
 @router.patch("/{userId}", response_model=UserOut)
 def update_user(userId: str, body: UserUpdate, conn: Tx) -> UserOut:
-    """Change the email, the name or the reminder preference; omitted fields stay as they are."""
+    """Change the email, the name or the reminder preference; omitted fields stay as they are.
+
+    A change of the preference is recorded (``PreferenceChange``, via ``API``)."""
     changes = body.model_dump(exclude_unset=True)
     if changes.get("emailNotifications", True) is None:
         del changes["emailNotifications"]
-    return user_out(members.update_member(conn, userId, changes))
+    return user_out(members.update_member(conn, userId, changes, origin=API_CHANGE, as_of=utcnow()))
 
 
 @router.post("/{userId}/accounts", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
