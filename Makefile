@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The suite runs on every core (pytest-xdist); `make test PYTEST_ARGS=...` for one test.
+PYTEST_ARGS ?= -n auto
 
 .PHONY: install run test lint format bench lock clean
 
