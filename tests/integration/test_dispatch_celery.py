@@ -268,9 +268,7 @@ def assert_delivered(
                 select(users.c.email, notification_log.c.id)
                 .join(users, users.c.id == notification_log.c.userId)
                 .where(notification_log.c.status == "SENT")
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     for address, ids in message_ids.items():
         [message_id] = ids  # a re-send carries the first's Message-ID
