@@ -6,7 +6,11 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from rewards.notifications import tiers
 from rewards.notifications.planner import due_days
 from rewards.notifications.tiers import (
     EXPIRED_BEFORE_DELIVERY,
@@ -160,3 +164,53 @@ def test_an_interrupted_reminder_is_resent_only_while_it_is_still_true(
     sent: str, days_left: int, points_left: int, expected: Decision | None
 ) -> None:
     assert recovery_decision(sent, days_left, (30, 7, 1), points_left) == expected
+
+
+# -- the fast path of the address check ---------------------------------------------------------
+
+ADDRESS_CHARS = "abcAZ09._+-@!é#"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.from_regex(tiers._PLAIN_ADDRESS, fullmatch=True),
+        st.emails(),
+        st.text(alphabet=ADDRESS_CHARS, max_size=40),
+        st.builds(
+            "{}@{}.{}".format,
+            st.text(alphabet=ADDRESS_CHARS, min_size=1, max_size=70),
+            st.text(alphabet="abz09-.", min_size=1, max_size=40),
+            st.sampled_from(["com", "test", "local", "onion", "arpa", "invalid", "io", "x"]),
+        ),
+    )
+)
+def test_what_the_fast_path_accepts_the_full_validation_accepts(address: str) -> None:
+    if tiers._plainly_valid(address):
+        validate_email(address, check_deliverability=False)  # raises if it disagrees
+
+
+@pytest.mark.parametrize(
+    ("address", "plain"),
+    [
+        ("ann.lee+points@example.com", True),
+        ("ann@mail.example.co.uk", True),
+        ("ann@host.test", False),  # a special-use domain: the full validation refuses it
+        ("ann@localhost", False),
+        ("Ann@Example.COM", False),  # valid, but left to the full validation
+        ("ann..lee@example.com", False),
+        ("ann@-example.com", False),
+    ],
+)
+def test_the_fast_path_takes_only_plain_addresses(address: str, plain: bool) -> None:
+    assert tiers._plainly_valid(address) is plain
+    if not plain:
+        assert tiers.is_valid_email(address) is _fully_valid(address)
+
+
+def _fully_valid(address: str) -> bool:
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True

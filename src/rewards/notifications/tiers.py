@@ -6,11 +6,13 @@ job import them rather than restating them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 
 class Status(StrEnum):
@@ -72,8 +74,33 @@ class Decision:
 SEND = Decision(Status.PENDING)
 
 
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_+-]{1,64}(?:\.[A-Za-z0-9_+-]{1,64}){0,8}"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?\.){1,4}[a-z]{2,24}",
+    re.ASCII,
+)
+_SPECIAL_USE = tuple(SPECIAL_USE_DOMAIN_NAMES)
+
+
+def _plainly_valid(address: str) -> bool:
+    """The common address (ASCII dot-atoms, a lower-case public domain), recognised by one
+    regular expression: a tenth of what the full validation costs, which the plan pays
+    for every due member. Anything else goes to the full validation. A property test
+    holds it to agree with ``email_validator`` on every address it accepts."""
+    if len(address) > 254 or _PLAIN_ADDRESS.fullmatch(address) is None:
+        return False
+    local, domain = address.split("@")
+    return len(local) <= 64 and not any(
+        domain == special or domain.endswith("." + special) for special in _SPECIAL_USE
+    )
+
+
+@lru_cache(maxsize=65_536)
 def is_valid_email(address: str) -> bool:
-    """Syntax only: no DNS, so a decision never waits on the network."""
+    """Syntax only: no DNS, so a decision never waits on the network. Cached: the
+    dispatcher decides again, at send time, for the members the plan decided."""
+    if _plainly_valid(address):
+        return True
     try:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError:
