@@ -115,5 +115,7 @@ def stacked_bars(
             )
         if (len(days) - 1 - index) % label_every == 0:
             labels.append(DayLabel(round(x + bar_width / 2, 2), f"{day.day} {day:%b}"))
-    ticks = [Tick(round(bottom - plot_height * f, 2), round(top * f)) for f in (0, 0.5, 1)]
+    # A middle line only where it falls on a whole number (not at 2.5 of 5).
+    fractions = (0, 0.5, 1) if top % 2 == 0 else (0, 1)
+    ticks = [Tick(round(bottom - plot_height * f, 2), round(top * f)) for f in fractions]
     return Chart(width, height, LEFT, bottom, bars, ticks, labels, sum(totals), peak)
