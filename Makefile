@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The suite runs on every core (pytest-xdist); `make test PYTEST_ARGS=...` for one test.
-PYTEST_ARGS ?= -n auto
+# The suite runs on every core (pytest-xdist; a file's tests on one worker, in order);
+# `make test PYTEST_ARGS=...` for one test.
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: install run test lint format bench lock clean
 

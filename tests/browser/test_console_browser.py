@@ -39,6 +39,8 @@ from tests.smtp_server import Behaviour, SmtpServer, free_port, running_smtp_ser
 ADMIN_TOKEN = "browser-admin-token"
 CLIENT_TOKEN = "browser-client-token"
 REFUSED = "dee@refused.example.com"
+# The tests are the steps of one operator's day, in order, in one tab: `make test` runs
+# the suite with `--dist loadfile`, so one worker runs this file's tests in order.
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PHONE: ViewportSize = {"width": 390, "height": 844}
 LAPTOP: ViewportSize = {"width": 1280, "height": 860}

@@ -16,12 +16,7 @@ from email.message import EmailMessage
 
 from rewards.clock import local_date
 from rewards.config import Settings
-from rewards.notifications.messages import (
-    InvalidRecipient,
-    MessageBuilder,
-    Reminder,
-    parse_message,
-)
+from rewards.notifications.messages import InvalidRecipient, MessageBuilder, Reminder, parse_message
 
 HEADERS = (
     "From",
