@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
@@ -155,6 +156,22 @@ def test_each_tier_is_sent_once_on_its_day(
         (user, "EXPIRATION_1_DAY", D, "SENT", 100),
     }
     assert len(smtp_server.messages) == 3
+
+
+def test_a_run_called_from_code_that_runs_an_event_loop_delivers(
+    programme: Programme, run: Callable[..., JobSummary], smtp_server: SmtpServer, engine: Engine
+) -> None:
+    """An async application (or test harness) calling the job: its thread already runs a
+    loop, where the inline dispatcher cannot start one of its own."""
+    user = programme.member_with_points(100)
+
+    async def from_async_code() -> JobSummary:
+        return run(D - timedelta(days=7))
+
+    summary = asyncio.run(from_async_code())
+    assert summary.sent == 1
+    assert len(smtp_server.messages) == 1
+    assert [(u, s) for u, _, _, s, _, _ in logs(engine)] == [(user, "SENT")]
 
 
 def test_a_missed_run_catches_up_with_the_tier_due_now_only(

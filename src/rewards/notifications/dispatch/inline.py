@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -20,6 +22,40 @@ from rewards.notifications.delivery.base import Sender
 from rewards.notifications.dispatch import chunks
 from rewards.notifications.dispatch.deliver import Deliverer
 from rewards.notifications.messages import MessageBuilder
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop on a thread of its own, for a caller whose thread already runs one
+    (an async application or test harness calling the job), where ``asyncio.Runner``
+    refuses to start."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="rewards-inline-dispatch", daemon=True
+        )
+
+    def __enter__(self) -> _LoopThread:
+        self._thread.start()
+        return self
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def _loop_for_this_thread() -> asyncio.Runner | _LoopThread:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.Runner()  # the rule: the job's thread runs no loop of its own
+    return _LoopThread()
 
 
 def worker_name() -> str:
@@ -36,7 +72,7 @@ class InlineDispatcher:
         clock: Callable[[], datetime],
         sender_factory: Callable[[Settings], Sender] = create_sender,
     ) -> None:
-        self._runner = asyncio.Runner()
+        self._runner = _loop_for_this_thread()
         self._sender = sender_factory(settings)
         self._deliverer = Deliverer(
             engine,
