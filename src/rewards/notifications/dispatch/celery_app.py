@@ -130,8 +130,10 @@ class CeleryDispatcher:
         swept = time.monotonic()
         interval = sweep_every(self._settings)
         while True:
+            started = time.monotonic()
             with self._engine.connect() as conn:
                 left = unsettled(conn, run_id)
+            counted = time.monotonic() - started
             if progress is not None:
                 progress()
             if not left:
@@ -139,7 +141,9 @@ class CeleryDispatcher:
             if time.monotonic() - swept >= interval:
                 sweep(self._engine, self._settings, self._app, run_id=run_id)
                 swept = time.monotonic()
-            time.sleep(WAIT_POLL_SECONDS)
+            # A large outbox takes longer to count: poll less often rather than keep the
+            # database busy counting what the workers are settling.
+            time.sleep(max(WAIT_POLL_SECONDS, 20 * counted))
 
 
 # -- the worker's side ------------------------------------------------------------------------
