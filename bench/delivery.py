@@ -22,8 +22,8 @@ local port and then, in one run and against that one sink, measures:
   ``rabbitmqctl``), started and ready before the job, then the same command with
   ``REWARDS_DISPATCH=celery``, which enqueues and waits until every row is settled.
   Two workers each get a host name of their own (a UTS namespace, ``unshare
-  --uts``), as on two machines: ``rewards worker`` names its node ``rewards@<host>``,
-  and a second one on the same host dies on that node's exclusive queue.
+  --uts``, where it is allowed), as on two machines; without it they share the
+  host, each named ``rewards-<pid>@<host>``.
 
 Each mode starts from the same due reminders (the outbox, ``NotificationLog`` and
 ``NotificationDelivery``, is emptied in between). The rate is end to end: from the
@@ -79,6 +79,7 @@ from urllib.parse import urlsplit
 import psycopg
 from sqlalchemy.engine import make_url
 
+from procfs import pss_kib, vm_hwm_kib
 from rewards import migrate
 from rewards.config import Settings
 from rewards.db import create_db_engine
@@ -156,27 +157,6 @@ def _cpu_ticks(pid: int, *, children: bool = False) -> int:
     return ticks
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _pss_kib(pid: int) -> int:
-    """The process's proportional set size: its private pages plus its share of shared ones."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     try:
@@ -221,9 +201,9 @@ class TreeMonitor(threading.Thread):
         pss = 0
         for pid in _tree(self.root):
             name = self.names.get(pid) or _comm(pid)
-            hwm, ticks = _vm_hwm_kib(pid), _cpu_ticks(pid)
+            hwm, ticks = vm_hwm_kib(pid), _cpu_ticks(pid)
             if name not in {"time", "py-spy"}:
-                pss += _pss_kib(pid)
+                pss += pss_kib(pid)
             with self._lock:
                 self.names[pid] = name
                 if hwm:

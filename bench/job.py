@@ -60,6 +60,7 @@ import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 
+from procfs import vm_hwm_kib
 from programme import (
     ACCOUNT_COLUMNS,
     LEDGER_COLUMNS,
@@ -149,7 +150,7 @@ def run_child(args: Sequence[str], env: dict[str, str] | None = None) -> Child:
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         polled = 0
         while process.poll() is None:
-            polled = max(polled, _vm_hwm_kib(process.pid))
+            polled = max(polled, vm_hwm_kib(process.pid))
             time.sleep(0.05)
         seconds = time.perf_counter() - started
         reported = peak.read().strip().splitlines()
@@ -163,16 +164,6 @@ def run_child(args: Sequence[str], env: dict[str, str] | None = None) -> Child:
             seconds,
             kib / 1024,
         )
-
-
-def _vm_hwm_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def rewards_cli(url: str, *args: str) -> Child:

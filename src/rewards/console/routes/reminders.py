@@ -14,7 +14,7 @@ from rewards.clock import utcnow
 from rewards.config import SettingsError
 from rewards.console import auth, queries
 from rewards.console.pages import PREVIEW_HEADERS
-from rewards.console.preview import render_logged
+from rewards.console.preview import EmailPreview, render_logged
 from rewards.console.web import (
     PAGE_SIZE,
     CheckedForm,
@@ -117,19 +117,7 @@ def _reminder(
             **page_context(request, session, console, what="reminder", id=log_id),
         )
     row = detail.row
-    preview = render_logged(
-        console.builder,
-        console.settings,
-        log_id=row.id,
-        user_id=row.userId,
-        email=row.email,
-        name=row.name,
-        notification_type=row.notificationType,
-        expiration_date=row.expirationDate.date(),
-        points=row.pointsExpiring,
-        decided_as_of=detail.run_as_of or row.createdAt,
-        now=utcnow(),
-    )
+    preview = _preview(console, detail)
     attempts_left = console.settings.notify_max_attempts - len(detail.key_rows)
     live = [r for r in detail.key_rows if r.status != Status.FAILED.value]
     return console.pages.render(
@@ -150,14 +138,10 @@ def _reminder(
     )
 
 
-@router.get("/reminders/{log_id}/email")
-def reminder_email(log_id: str, session: SignedIn, console: ConsoleDep, conn: ReadConn) -> Response:
-    """The email's HTML part by itself, for the preview frame: sandboxed, no script."""
-    detail = queries.reminder_detail(conn, log_id)
-    if detail is None:
-        return Response("no such reminder", status_code=404, media_type="text/plain")
+def _preview(console: Console, detail: queries.ReminderDetail) -> EmailPreview:
+    """The reminder's email as it was sent: rendered again from its row and its run's as-of."""
     row = detail.row
-    preview = render_logged(
+    return render_logged(
         console.builder,
         console.settings,
         log_id=row.id,
@@ -170,7 +154,15 @@ def reminder_email(log_id: str, session: SignedIn, console: ConsoleDep, conn: Re
         decided_as_of=detail.run_as_of or row.createdAt,
         now=utcnow(),
     )
-    return HTMLResponse(preview.html, headers=dict(PREVIEW_HEADERS))
+
+
+@router.get("/reminders/{log_id}/email")
+def reminder_email(log_id: str, session: SignedIn, console: ConsoleDep, conn: ReadConn) -> Response:
+    """The email's HTML part by itself, for the preview frame: sandboxed, no script."""
+    detail = queries.reminder_detail(conn, log_id)
+    if detail is None:
+        return Response("no such reminder", status_code=404, media_type="text/plain")
+    return HTMLResponse(_preview(console, detail).html, headers=dict(PREVIEW_HEADERS))
 
 
 @router.post("/reminders/{log_id}/retry")
