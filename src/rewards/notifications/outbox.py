@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from rewards.ledger.projection_store import among
 from rewards.models import LIVE_STATUS_SQL, UNSETTLED_SQL, Timestamp
 from rewards.notifications.planner import DueKey
 from rewards.notifications.tiers import Decision, Status, loggable_points
@@ -169,21 +170,35 @@ def claim(
             update(deliveries)
             .where(deliveries.c.logId == free.c.logId)
             .values(leaseUntil=lease_until, claimedBy=worker, tries=deliveries.c.tries + 1)
-            .returning(deliveries.c.logId, deliveries.c.tries)
+            .returning(deliveries.c.logId, deliveries.c.tries, deliveries.c.runId)
         )
     else:
         stmt = (
             update(deliveries)
             .where(deliveries.c.logId.in_(list(log_ids)), claimable)
             .values(leaseUntil=lease_until, claimedBy=worker, tries=deliveries.c.tries + 1)
-            .returning(deliveries.c.logId, deliveries.c.tries)
+            .returning(deliveries.c.logId, deliveries.c.tries, deliveries.c.runId)
         )
-    tries: dict[str, int] = {r.logId: int(r.tries) for r in conn.execute(stmt)}
-    if not tries:
+    held = {r.logId: (int(r.tries), r.runId) for r in conn.execute(stmt)}
+    if not held:
         return []
+    run_ids = {run_id for _, run_id in held.values() if run_id is not None}
+    as_of: dict[str, datetime] = (
+        dict(
+            conn.execute(
+                select(job_runs.c.id, job_runs.c.asOf).where(job_runs.c.id.in_(run_ids))
+            ).all()
+        )
+        if run_ids
+        else {}
+    )
+    # Driven by the ids alone, and the status checked here: a filter on ``status`` would
+    # let the planner, misled by statistics taken before the outbox filled, scan every
+    # PENDING row for each chunk (the cost of a chunk then grew with the outbox).
     rows = conn.execute(
         select(
             notification_log.c.id,
+            notification_log.c.status,
             notification_log.c.userId,
             notification_log.c.notificationType,
             notification_log.c.expirationDate,
@@ -191,32 +206,31 @@ def claim(
             users.c.email,
             users.c.name,
             users.c.emailNotifications,
-            job_runs.c.asOf,
         )
         .join(users, users.c.id == notification_log.c.userId)
-        .join(deliveries, deliveries.c.logId == notification_log.c.id)
-        .outerjoin(job_runs, job_runs.c.id == deliveries.c.runId)
-        .where(
-            notification_log.c.id.in_(list(tries)),
-            notification_log.c.status == Status.PENDING.value,
-        )
+        .where(among(notification_log.c.id, held, conn.dialect.name))
         .order_by(notification_log.c.id)
     )
-    return [
-        Claimed(
-            r.id,
-            r.userId,
-            r.notificationType,
-            r.expirationDate.date(),
-            r.pointsExpiring,
-            r.email,
-            r.name,
-            bool(r.emailNotifications),
-            int(tries[r.id]),
-            r.asOf,
+    claimed: list[Claimed] = []
+    for r in rows:
+        if r.status != Status.PENDING.value:
+            continue
+        tries, run_id = held[r.id]
+        claimed.append(
+            Claimed(
+                r.id,
+                r.userId,
+                r.notificationType,
+                r.expirationDate.date(),
+                r.pointsExpiring,
+                r.email,
+                r.name,
+                bool(r.emailNotifications),
+                tries,
+                as_of.get(run_id) if run_id is not None else None,
+            )
         )
-        for r in rows
-    ]
+    return claimed
 
 
 def settle(conn: Connection, outcomes: Sequence[Settled], *, now: datetime) -> None:
@@ -245,7 +259,7 @@ def settle(conn: Connection, outcomes: Sequence[Settled], *, now: datetime) -> N
         )
     conn.execute(
         update(deliveries)
-        .where(deliveries.c.logId.in_([o.log_id for o in outcomes]))
+        .where(among(deliveries.c.logId, [o.log_id for o in outcomes], conn.dialect.name))
         .values(settledAt=now, leaseUntil=None)
     )
 
