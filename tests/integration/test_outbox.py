@@ -15,12 +15,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, event, insert, select, text, update
 
 from rewards.notifications.outbox import (
     Claimed,
+    PlannerStatistics,
     Settled,
     adopt_orphans,
     claim,
@@ -400,3 +402,85 @@ def test_pending_log_rows_without_a_delivery_row_are_adopted_as_interrupted(
     assert kept not in stale
     [claimed] = claim_now(engine, ["orphan"])
     assert claimed.tries == 2
+
+
+# -- cost --------------------------------------------------------------------------------------
+
+
+OUTBOX_TABLES = ("NotificationLog", "NotificationDelivery")
+
+
+def scanned(plan: dict[str, Any]) -> int:
+    """Rows of the outbox's tables that the scans of an ``EXPLAIN (ANALYZE, FORMAT JSON)``
+    plan produced or threw away (index scans name only their index)."""
+    own = 0
+    relation = plan.get("Relation Name") or plan.get("Index Name") or ""
+    if "Scan" in plan["Node Type"] and relation.startswith(OUTBOX_TABLES):
+        own = int(plan["Actual Rows"] * plan["Actual Loops"])
+        own += int(plan.get("Rows Removed by Filter", 0))
+        own += int(plan.get("Rows Removed by Index Recheck", 0))
+    return own + sum(scanned(child) for child in plan.get("Plans", []))
+
+
+def write_outbox_in_bulk(engine: Engine, count: int, *, prefix: str) -> None:
+    """``count`` members, each with a reminder in the outbox, in three statements
+    (PostgreSQL): an outbox large enough that the planner's choices matter."""
+    numbered = "FROM generate_series(0, CAST(:count AS integer) - 1) AS n"
+    member = "concat(CAST(:prefix AS text), lpad(n::text, 5, '0'))"
+    with engine.begin() as conn:
+        for statement in (
+            f"INSERT INTO \"User\" (id, email) SELECT {member}, {member} || '@example.com'"
+            f" {numbered}",
+            'INSERT INTO "NotificationLog" (id, "userId", "notificationType", status,'
+            ' "expirationDate", "pointsExpiring", "createdAt")'
+            f" SELECT 'log-' || {member}, {member}, 'EXPIRATION_7_DAYS', 'PENDING',"
+            f" CAST(:day AS timestamp), 100, CAST(:at AS timestamp) {numbered}",
+            'INSERT INTO "NotificationDelivery" ("logId", "runId", "queuedAt", tries)'
+            f" SELECT 'log-' || {member}, CAST(:run AS text), CAST(:at AS timestamp), 0 {numbered}",
+        ):
+            conn.execute(
+                text(statement),
+                {"count": count, "prefix": prefix, "day": EXPIRES_ON, "at": NOW, "run": RUN},
+            )
+
+
+def test_a_claim_reads_its_chunk_not_the_whole_outbox(engine: Engine) -> None:
+    """Statistics are taken while the outbox is nearly empty, as autovacuum leaves them
+    before a run, and a run then fills it in batches, as the job does: each claim must
+    still read about its chunk. (With the old picture, the planner scanned every
+    unsettled row per chunk: at 200,000 reminders the database's time per message grew
+    tenfold.)"""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the plans of PostgreSQL's planner; SQLite's does not use statistics here")
+    write_outbox(engine, 10, prefix="early")
+    with engine.connect() as conn:
+        conn.execute(text('ANALYZE "NotificationLog", "NotificationDelivery"'))
+    statistics = PlannerStatistics(first_at=10_000)
+    for batch in range(4):
+        write_outbox_in_bulk(engine, 10_000, prefix=f"later{batch}-")
+        statistics.wrote(engine, 10_000)
+    assert statistics.next_at == 80_000  # analysed at 10,000, 20,000 and 40,000 rows written
+    with engine.connect() as conn:  # the members were there long before: known to the planner
+        conn.execute(text('ANALYZE "User"'))
+    chunk = [f"log-later1-{n:05d}" for n in range(5_000, 5_200)]
+
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if not statement.startswith("EXPLAIN"):
+            statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert len(claim_now(engine, chunk)) == len(chunk)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert statements
+    with engine.connect() as conn:
+        for statement, parameters in statements:
+            [[[explained]]] = conn.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters
+            ).all()
+            conn.rollback()
+            assert scanned(explained["Plan"]) <= 10 * len(chunk), statement

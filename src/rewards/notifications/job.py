@@ -33,6 +33,7 @@ from rewards.ledger.queries import post_due_expirations
 from rewards.notifications.dispatch import create_dispatcher
 from rewards.notifications.locking import job_lock
 from rewards.notifications.outbox import (
+    PlannerStatistics,
     adopt_orphans,
     requeue_stale,
     run_counts,
@@ -211,6 +212,7 @@ class CheckExpiringPointsJob:
         """Plan on one connection (a stable snapshot), write each batch on another; per batch,
         yield how many keys were planned and the ids of the rows written ``PENDING`` (the
         rest are settled as decided)."""
+        statistics = PlannerStatistics()
         with self.engine.connect() as reader:
             if reader.dialect.name == "postgresql":
                 reader.execution_options(isolation_level="REPEATABLE READ")
@@ -221,6 +223,7 @@ class CheckExpiringPointsJob:
                 ]
                 with self.engine.begin() as conn:
                     written = write_planned(conn, planned, run_id=run_id, now=self.clock())
+                statistics.wrote(self.engine, len(written))
                 for w in written:
                     if w.status is Status.FAILED:
                         log.warning(
