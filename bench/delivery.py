@@ -43,7 +43,7 @@ CPU allows with the machine to itself: a missed target says what it is short of.
 ``--profile`` also samples the job and the workers with py-spy ``--gil`` (the
 thread holding the GIL: Python's CPU time; the rates measured then are slowed by the
 sampler) and prints where each spends it per message: claim, decide, build, send
-(aiosmtplib), settle, plan and write the outbox, Celery; ``--profile-dir`` keeps
+(the SMTP client), settle, plan and write the outbox, Celery; ``--profile-dir`` keeps
 the collapsed stacks.
 
 ``--check`` exits non-zero if a reminder is lost, duplicated or left ``PENDING`` in
@@ -823,7 +823,7 @@ PHASES: list[tuple[str, tuple[str, ...]]] = [
         "build (render)",
         ("render (rewards/notifications/messages", "rewards/notifications/mime.py", "jinja2/"),
     ),
-    ("send (aiosmtplib)", ("rewards/notifications/delivery/smtp.py", "aiosmtplib/", "tenacity/")),
+    ("send (SMTP client)", ("rewards/notifications/delivery/smtp", "tenacity/")),
     ("metrics", ("rewards/metrics.py", "prometheus_client/")),
     (
         "plan + write outbox",

@@ -80,6 +80,7 @@ class SmtpServer:
     connections: int = 0
     open_connections: int = 0
     max_concurrent: int = 0
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -136,6 +137,19 @@ class _Handler:
             return "421 4.4.2 connection dropped by the test server"
         assert b.reply is not None
         return b.reply
+
+    async def handle_EHLO(
+        self,
+        server: SMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.server.pipelining:  # as postfix and every large provider do
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self,
@@ -205,8 +219,8 @@ class _CountingSMTP(SMTPProtocol):
 
 
 class _Controller(Controller):
-    def __init__(self, stats: SmtpServer) -> None:
-        super().__init__(_Handler(stats), hostname=stats.host, port=stats.port)
+    def __init__(self, stats: SmtpServer, **options: Any) -> None:
+        super().__init__(_Handler(stats), hostname=stats.host, port=stats.port, **options)
         self.stats = stats
 
     def factory(self) -> SMTPProtocol:
@@ -225,15 +239,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextmanager
 def running_smtp_server(
-    behaviour: Behaviour = ACCEPT, *, port: int | None = None
+    behaviour: Behaviour = ACCEPT,
+    *,
+    port: int | None = None,
+    pipelining: bool = True,
+    **options: Any,
 ) -> Iterator[SmtpServer]:
     """Start a server on 127.0.0.1 and ``port`` (default: a free one); stop it on exit.
 
     A given port lets a test start the server where a client already looks for it:
-    a server that was down, coming up.
+    a server that was down, coming up. ``pipelining`` says whether it offers
+    ``PIPELINING``; ``options`` go to aiosmtpd (``ssl_context`` for implicit TLS,
+    ``tls_context`` and ``require_starttls``, ``authenticator``...).
     """
-    stats = SmtpServer(host="127.0.0.1", port=port or free_port(), behaviour=behaviour)
-    controller = _Controller(stats)
+    stats = SmtpServer(
+        host="127.0.0.1", port=port or free_port(), behaviour=behaviour, pipelining=pipelining
+    )
+    controller = _Controller(stats, **options)
     controller.start()
     # start() opens one probe connection of its own; let it close, then start counting.
     deadline = time.monotonic() + 2.0

@@ -24,8 +24,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-import aiosmtplib
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -36,6 +36,15 @@ from tenacity import (
 
 from rewards.config import Settings, SmtpSecurity
 from rewards.notifications.delivery.base import Outcome
+from rewards.notifications.delivery.smtp_client import (
+    SmtpConnectError,
+    SmtpConnection,
+    SmtpDisconnected,
+    SmtpError,
+    SmtpNotSupported,
+    SmtpRecipientsRefused,
+    SmtpReplyError,
+)
 from rewards.notifications.messages import RenderedMessage
 
 log = logging.getLogger(__name__)
@@ -57,28 +66,36 @@ def _refusal(code: int, text: str) -> Failure:
 
 def classify(exc: BaseException) -> Failure:
     """Name a failure and say whether trying again later might work."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        if not exc.recipients:
+    if isinstance(exc, SmtpRecipientsRefused):
+        if not exc.refused:
             return Failure("all recipients refused", transient=False)
-        worst = max(exc.recipients, key=lambda r: r.code)
-        return _refusal(worst.code, worst.message)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _refusal(exc.code, exc.message)
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        worst = max(exc.refused.values(), key=lambda r: r.code)
+        return _refusal(worst.code, worst.text)
+    if isinstance(exc, SmtpReplyError):
+        return _refusal(exc.reply.code, exc.reply.text)
+    if isinstance(exc, TimeoutError):
         return Failure(f"timed out: {exc}" if str(exc) else "timed out", transient=True)
-    if isinstance(exc, aiosmtplib.SMTPConnectError):
+    if isinstance(exc, SmtpConnectError):
         refused = isinstance(exc.__cause__, ConnectionRefusedError)
         prefix = "connection refused" if refused else "cannot connect"
         return Failure(f"{prefix}: {exc}", transient=True)
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
-        return Failure(f"connection lost: {exc}", transient=True)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+    if isinstance(exc, SmtpDisconnected | ConnectionError):
+        detail = str(exc).removeprefix("connection lost: ")
+        return Failure(f"connection lost: {detail}", transient=True)
+    if isinstance(exc, SmtpNotSupported):
         return Failure(f"not supported by the server: {exc}", transient=False)
     if isinstance(exc, OSError):
         return Failure(f"network error: {exc}", transient=True)
-    if isinstance(exc, ValueError):  # e.g. no usable recipient address in the message
+    if isinstance(exc, ValueError):  # e.g. an address that is not ASCII
         return Failure(f"unsendable message: {exc}", transient=False)
     return Failure(f"{type(exc).__name__}: {exc}", transient=False)
+
+
+@dataclass
+class _Slot:
+    """A place in the pool: a connection once opened, None until then or after a failure."""
+
+    connection: SmtpConnection | None = None
 
 
 class SmtpSender:
@@ -98,64 +115,62 @@ class SmtpSender:
         self._settings = settings
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._pool: asyncio.LifoQueue[aiosmtplib.SMTP] | None = None
-        self._clients: list[aiosmtplib.SMTP] = []
+        self._pool: asyncio.LifoQueue[_Slot] | None = None
+        self._slots: list[_Slot] = []
 
-    def _client(self) -> aiosmtplib.SMTP:
+    async def _open(self) -> SmtpConnection:
         s = self._settings
         password = s.smtp_password.get_secret_value() if s.smtp_password else None
-        return aiosmtplib.SMTP(
-            hostname=s.smtp_host,
-            port=s.smtp_port,
+        return await SmtpConnection.open(
+            s.smtp_host,
+            s.smtp_port,
+            timeout=s.smtp_timeout,
+            tls=s.smtp_security is SmtpSecurity.TLS,
+            starttls=s.smtp_security is SmtpSecurity.STARTTLS,
             username=s.smtp_user or None,
             password=password if s.smtp_user else None,
-            timeout=s.smtp_timeout,
-            use_tls=s.smtp_security is SmtpSecurity.TLS,
-            start_tls=s.smtp_security is SmtpSecurity.STARTTLS,
         )
 
     async def __aenter__(self) -> SmtpSender:
-        # A LIFO pool hands out the most recently used client first, so a small
-        # batch keeps reusing one open connection instead of opening others.
-        self._clients = [self._client() for _ in range(self._settings.smtp_concurrency)]
+        # A LIFO pool hands out the most recently used slot first, so a small batch
+        # keeps reusing one open connection instead of opening others.
+        self._slots = [_Slot() for _ in range(self._settings.smtp_concurrency)]
         self._pool = asyncio.LifoQueue()
-        for client in reversed(self._clients):
-            self._pool.put_nowait(client)
+        for slot in reversed(self._slots):
+            self._pool.put_nowait(slot)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(self._close(c) for c in self._clients))
-        self._clients = []
+        await asyncio.gather(
+            *(
+                slot.connection.quit(self._settings.smtp_timeout)
+                for slot in self._slots
+                if slot.connection is not None
+            )
+        )
+        self._slots = []
         self._pool = None
-
-    async def _close(self, client: aiosmtplib.SMTP) -> None:
-        if not client.is_connected:
-            return
-        try:
-            await asyncio.wait_for(client.quit(), timeout=self._settings.smtp_timeout)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            pass
-        finally:
-            client.close()
 
     def _require_open(self) -> None:
         if self._pool is None:
             raise RuntimeError("use the SMTP sender as 'async with sender:' around sending")
 
     @contextlib.asynccontextmanager
-    async def _lease(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        """A client from the pool, connected or not; one that failed mid-way is closed."""
+    async def _lease(self) -> AsyncIterator[_Slot]:
+        """A slot from the pool; a connection that failed mid-way is closed and dropped."""
         assert self._pool is not None, "checked by send()"
-        client = await self._pool.get()
+        slot = await self._pool.get()
         try:
-            yield client
-        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
-            raise  # a refusal leaves the session usable (the client sent RSET)
+            yield slot
+        except (SmtpReplyError, SmtpRecipientsRefused):
+            raise  # a refusal leaves the session usable (it was reset)
         except BaseException:
-            client.close()  # timed out or dropped: the session state is unknown
+            if slot.connection is not None:
+                slot.connection.close()  # timed out or dropped: the session state is unknown
+                slot.connection = None
             raise
         finally:
-            self._pool.put_nowait(client)
+            self._pool.put_nowait(slot)
 
     async def send(self, message: RenderedMessage) -> Outcome:
         """Deliver one message, retrying transient failures; never raises for a failure.
@@ -170,35 +185,48 @@ class SmtpSender:
         async def attempt() -> None:
             nonlocal started, pending
             try:
-                async with self._lease() as client:
+                async with self._lease() as slot:
                     if started is None:
                         started = time.perf_counter()
-                    if not client.is_connected:
-                        await client.connect()
-                    refused, _ = await client.sendmail(message.sender, pending, message.data)
-            except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+                    if slot.connection is None or not slot.connection.is_open:
+                        slot.connection = await self._open()
+                    refused = await slot.connection.send(
+                        message.sender, pending, message.data, timeout=self._settings.smtp_timeout
+                    )
+            except (SmtpError, OSError, TimeoutError, ValueError) as exc:
                 raise classify(exc) from exc
             if refused:
                 # Accepted for some recipients: retry only the others, never re-send to all.
                 pending = list(refused)
                 worst = max(refused.values(), key=lambda r: r.code)
-                raise _refusal(worst.code, worst.message)
+                raise _refusal(worst.code, worst.text)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self._settings.smtp_retries),
-            wait=wait_exponential(multiplier=self._backoff_initial, max=self._backoff_max),
-            retry=retry_if_exception(lambda exc: isinstance(exc, Failure) and exc.transient),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
         try:
-            await retrying(attempt)
+            try:
+                await attempt()  # most messages go at the first attempt: no retry machinery
+            except Failure as failure:
+                if not failure.transient or self._settings.smtp_retries < 1:
+                    raise
+                pause = min(self._backoff_initial, self._backoff_max)
+                log.info("SMTP attempt 1 failed (%s); retrying in %.2fs", failure, pause)
+                await asyncio.sleep(pause)
+                await self._retrying()(attempt)
         except Failure as failure:
             return Outcome(False, failure.detail, _since(started))
         except Exception as exc:  # a bug, not a delivery problem: log it, report it, go on
             log.exception("unexpected error sending %s", message.message_id)
             return Outcome(False, f"{type(exc).__name__}: {exc}", _since(started))
         return Outcome(True, None, _since(started))
+
+    def _retrying(self) -> AsyncRetrying:
+        """The attempts after the first and its pause: ``2 * initial, 4 * initial, ...``."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._settings.smtp_retries),
+            wait=wait_exponential(multiplier=2 * self._backoff_initial, max=self._backoff_max),
+            retry=retry_if_exception(lambda exc: isinstance(exc, Failure) and exc.transient),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
 
 
 def _since(started: float | None) -> float:
