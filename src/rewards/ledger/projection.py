@@ -338,6 +338,11 @@ def sync_all(
         with engine.connect() as conn:
             waiting = count_pending(conn)
         if waiting >= PARALLEL_FROM_BATCHES * batch_accounts:
+            # The change records were just written in bulk (an upgrade, a load by another
+            # application): with autovacuum's older picture of a near-empty table the
+            # planner reads all of them to find each next page of accounts.
+            with engine.begin() as conn:
+                conn.execute(text('ANALYZE "LedgerChange"'))
             return _sync_in_parallel(engine, now, batch_accounts, progress, workers)
     total = SyncStats()
     while True:
