@@ -225,7 +225,7 @@ def clock() -> datetime:
 
 
 def is_log_insert(statement: str) -> bool:
-    return statement.lstrip().upper().startswith('INSERT INTO "NOTIFICATIONLOG"')
+    return 'INSERT INTO "NOTIFICATIONLOG"' in statement.upper()
 
 
 @contextmanager

@@ -102,6 +102,8 @@ def write_planned(
     """
     if not planned:
         return []
+    if conn.dialect.name == "postgresql":
+        return _write_planned_pg(conn, planned, run_id=run_id, now=now)
     keys = {log_id: key for log_id, key, _ in planned}
     rows = [
         {
@@ -143,6 +145,53 @@ def write_planned(
             ],
         )
     return written
+
+
+WRITE_PLANNED_PG = f"""
+WITH written AS (
+    INSERT INTO "NotificationLog" (id, "userId", "notificationType", status, "failureReason",
+                                   "expirationDate", "pointsExpiring", "createdAt")
+    SELECT p.*, %(now)b::timestamp
+    FROM unnest(%(ids)b::text[], %(users)b::text[], %(types)b::text[], %(statuses)b::text[],
+                %(reasons)b::text[], %(dates)b::timestamp[], %(points)b::integer[]) AS p
+    ON CONFLICT ("userId", "notificationType", "expirationDate") WHERE {LIVE_STATUS_SQL.text}
+    DO NOTHING
+    RETURNING id, status
+)
+INSERT INTO "NotificationDelivery" ("logId", "runId", "queuedAt", tries, "settledAt")
+SELECT id, %(run)b::text, %(now)b::timestamp, 0,
+       CASE WHEN status = 'PENDING' THEN NULL ELSE %(now)b::timestamp END
+FROM written
+RETURNING "logId"
+"""
+
+
+def _write_planned_pg(
+    conn: Connection,
+    planned: Sequence[tuple[str, DueKey, Decision]],
+    *,
+    run_id: str,
+    now: datetime,
+) -> list[Written]:
+    """:func:`write_planned` in one round trip: the batch as arrays, both rows per reminder
+    written by one statement (no per-row work in Python or SQLAlchemy)."""
+    params = {
+        "ids": [log_id for log_id, _, _ in planned],
+        "users": [key.user_id for _, key, _ in planned],
+        "types": [key.notification_type for _, key, _ in planned],
+        "statuses": [decision.status.value for _, _, decision in planned],
+        "reasons": [decision.reason for _, _, decision in planned],
+        "dates": [key.expiration_stamp for _, key, _ in planned],
+        "points": [loggable_points(key.points) for _, key, _ in planned],
+        "run": run_id,
+        "now": now,
+    }
+    written = {log_id for (log_id,) in conn.exec_driver_sql(WRITE_PLANNED_PG, params)}
+    return [
+        Written(log_id, key, decision.status, decision.reason)
+        for log_id, key, decision in planned
+        if log_id in written
+    ]
 
 
 class PlannerStatistics:
@@ -264,9 +313,38 @@ def claim(
     return claimed
 
 
+SETTLE_PG = """
+WITH outcome AS (
+    SELECT * FROM unnest(%(ids)b::text[], %(statuses)b::text[], %(reasons)b::text[],
+                         %(ats)b::timestamp[]) AS o(id, status, reason, at)
+), logged AS (
+    UPDATE "NotificationLog" AS l
+    SET status = o.status,
+        "sentAt" = CASE WHEN o.status = 'SENT' THEN o.at ELSE l."sentAt" END,
+        "failureReason" = CASE WHEN o.status = 'SENT' THEN l."failureReason" ELSE o.reason END
+    FROM outcome AS o
+    WHERE l.id = o.id AND l.status = 'PENDING'
+)
+UPDATE "NotificationDelivery" SET "settledAt" = %(now)b::timestamp, "leaseUntil" = NULL
+WHERE "logId" = ANY(%(ids)b::text[])
+"""
+
+
 def settle(conn: Connection, outcomes: Sequence[Settled], *, now: datetime) -> None:
     """Close claimed rows: their log row's status (only while still ``PENDING``), and done."""
     if not outcomes:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            SETTLE_PG,
+            {
+                "ids": [o.log_id for o in outcomes],
+                "statuses": [o.status.value for o in outcomes],
+                "reasons": [o.reason for o in outcomes],
+                "ats": [o.at or now for o in outcomes],
+                "now": now,
+            },
+        )
         return
     sent = [o for o in outcomes if o.status is Status.SENT]
     closed = [o for o in outcomes if o.status is not Status.SENT]
