@@ -128,6 +128,7 @@ class _ReplyReader(asyncio.Protocol):
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(exc)
+                waiter.exception()  # retrieved: a command that timed out no longer awaits it
         if self.transport is not None:
             self.transport.abort()
 
@@ -138,6 +139,7 @@ class _ReplyReader(asyncio.Protocol):
         if self.closed is not None:
             for waiter in waiters:
                 waiter.set_exception(self.closed)
+                waiter.exception()
         else:
             self._waiting.extend(waiters)
         return waiters
