@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,6 +15,8 @@ from rewards.api.errors import problem
 from rewards.api.schemas import Health
 from rewards.db import DatabaseUnavailable, check_connection
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["health"])
 
 
@@ -22,7 +25,8 @@ def healthz(engine: EngineDep) -> Any:
     """200 when the database answers, 503 (problem+json) when it does not."""
     try:
         check_connection(engine)
-    except (DatabaseUnavailable, SQLAlchemyError):
+    except (DatabaseUnavailable, SQLAlchemyError) as exc:
+        log.warning("healthz: %s", exc)  # the operator's reason; the client gets none
         return problem(503, "the database does not answer")
     return Health(status="ok", database="ok")
 
