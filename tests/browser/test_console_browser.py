@@ -75,16 +75,22 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     engine = create_db_engine(url)
     migrate.upgrade(engine)
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    today = now.replace(hour=0, minute=0, second=0)
+
+    def due_in(days: int) -> datetime:
+        """Noon (UTC, the programme's zone here) ``days`` dates from today, at any hour."""
+        return today + timedelta(days=days, hours=12)
+
     shop = Shop(engine)
     shop.member("ann", email="ann@example.com", name="Ann Lee")
-    shop.earn("ann", 300, now + timedelta(days=7, hours=1), earned_at=now - timedelta(days=200))
+    shop.earn("ann", 300, due_in(7), earned_at=now - timedelta(days=200))
     shop.earn("ann", 120, now + timedelta(days=60), earned_at=now - timedelta(days=20))
     shop.member("bo", email="bo@example.com", name="Bo Berg")
-    shop.earn("bo", 80, now + timedelta(days=30, hours=1), earned_at=now - timedelta(days=300))
+    shop.earn("bo", 80, due_in(30), earned_at=now - timedelta(days=300))
     shop.member("dee", email=REFUSED, name="Dee Dunn")
-    shop.earn("dee", 55, now + timedelta(days=7, hours=1), earned_at=now - timedelta(days=100))
+    shop.earn("dee", 55, due_in(7), earned_at=now - timedelta(days=100))
     shop.member("eve", email=None, name="Eve (no email)")
-    shop.earn("eve", 40, now + timedelta(days=1, hours=1), earned_at=now - timedelta(days=30))
+    shop.earn("eve", 40, due_in(1), earned_at=now - timedelta(days=30))
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     refuse = Behaviour(at="RCPT", reply="550 5.1.1 no such mailbox", only_for=frozenset({REFUSED}))
