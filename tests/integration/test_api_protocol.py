@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event
+
+from rewards.db import create_db_engine
 
 from tests.integration.api_server import (
     ADMIN_TOKEN,
@@ -19,7 +22,10 @@ from tests.integration.api_server import (
     json_of,
     ledger_totals,
     open_account,
+    running_api,
 )
+
+from tests.smtp_server import free_port, running_smtp_server
 
 pytest_plugins = ["tests.integration.api_server"]
 
@@ -236,6 +242,27 @@ def test_a_write_is_committed_before_its_response_is_sent(
 
 def test_health_needs_no_token_and_says_the_database_answers(live_api: LiveApi) -> None:
     assert json_of(live_api.anonymous.get("/healthz"), 200) == {"status": "ok", "database": "ok"}
+
+
+def test_health_answers_503_and_logs_why_when_the_database_does_not_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server whose PostgreSQL is not there: a problem for the prober, the reason in the
+    log for the operator (where, and what the driver said; never a password)."""
+    url = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/rewards"
+    engine = create_db_engine(url)
+    caplog.set_level(logging.WARNING, logger="rewards.api.routes.health")
+    try:
+        with running_smtp_server() as smtp, running_api(engine, url, smtp) as api:
+            body = assert_problem(api.anonymous.get("/healthz"), 503)
+    finally:
+        engine.dispose()
+    assert body["detail"] == "the database does not answer"
+    [record] = [r for r in caplog.records if r.name == "rewards.api.routes.health"]
+    logged = record.getMessage()
+    assert "database unavailable (postgresql+psycopg://postgres:***@127.0.0.1:" in logged, logged
+    assert "Connection refused" in logged, logged
+    assert "s3cret" not in logged
 
 
 def test_the_docs_page_is_served(live_api: LiveApi) -> None:
