@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import Connection, Engine, event
 
 from rewards.db import create_db_engine
-
 from tests.integration.api_server import (
     ADMIN_TOKEN,
     CLIENT_TOKEN,
@@ -24,7 +23,6 @@ from tests.integration.api_server import (
     open_account,
     running_api,
 )
-
 from tests.smtp_server import free_port, running_smtp_server
 
 pytest_plugins = ["tests.integration.api_server"]
