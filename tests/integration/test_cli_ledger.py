@@ -147,7 +147,7 @@ def test_a_large_sync_runs_batches_side_by_side_and_leaves_nothing_out(
     upgraded: tuple[str, Engine],
 ) -> None:
     # Ten batches or more: on PostgreSQL, two transactions at a time, each on its own
-    # thread; on SQLite, one after another. Every account is built all the same.
+    # worker process; on SQLite, one after another. Every account is built all the same.
     url, engine = upgraded
     seen: list[int] = []
     total = sync_all(engine, utcnow(), batch_accounts=3, progress=lambda s: seen.append(s.accounts))

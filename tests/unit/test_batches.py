@@ -1,14 +1,16 @@
-"""Batches on a few threads: every result comes back, few at a time, errors after the rest."""
+"""Batches on a few workers: every result comes back, few at a time, errors after the rest;
+worker processes set up once each, apart from this one."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from rewards.ledger.batches import run_in_threads
+from rewards.ledger.batches import run_in_pool, run_in_threads, worker_processes
 
 
 def test_every_batch_is_done_once_and_its_result_handed_back() -> None:
@@ -68,3 +70,40 @@ def test_a_failing_batch_stops_the_rest_after_those_in_flight_finish() -> None:
     with pytest.raises(ValueError, match="batch 3"):
         run_in_threads(iter(range(100)), work, lambda _: None, threads=2)
     assert len(finished) < 10  # stopped early, not after all hundred
+
+
+_greeting = ""
+
+
+def _set_up(greeting: str) -> None:
+    global _greeting
+    _greeting = greeting
+
+
+def _greet(n: int) -> tuple[str, int, int]:
+    return _greeting, n, os.getpid()
+
+
+def test_worker_processes_are_set_up_once_and_run_apart_from_this_one() -> None:
+    results: list[tuple[str, int, int]] = []
+    with worker_processes(2, _set_up, ("hello",)) as pool:
+        run_in_pool(pool, iter(range(8)), _greet, results.append, at_once=2)
+    assert sorted(n for _, n, _ in results) == list(range(8))
+    assert {greeting for greeting, _, _ in results} == {"hello"}
+    pids = {pid for _, _, pid in results}
+    assert os.getpid() not in pids
+    assert 1 <= len(pids) <= 2
+
+
+def _fail_on_three(n: int) -> int:
+    if n == 3:
+        raise ValueError("batch 3")
+    return n
+
+
+def test_an_error_in_a_worker_process_reaches_the_caller() -> None:
+    with (
+        worker_processes(2, _set_up, ("hello",)) as pool,
+        pytest.raises(ValueError, match="batch 3"),
+    ):
+        run_in_pool(pool, iter(range(6)), _fail_on_three, lambda _: None, at_once=2)

@@ -108,8 +108,9 @@ def ledger_rows(conn: Connection, account_ids: Collection[str]) -> dict[str, lis
     if not account_ids:
         return by_account
     if on_postgres(conn):
+        make = LedgerRow._make
         for row in pg.stream(conn, pg.LEDGER, (sorted(account_ids),)):
-            by_account[row[0]].append(LedgerRow(*row[1:]))
+            by_account[row[0]].append(make(row[1:]))
         return by_account
     query = select(
         ledger.c.accountId,
