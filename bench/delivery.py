@@ -79,7 +79,7 @@ from urllib.parse import urlsplit
 import psycopg
 from sqlalchemy.engine import make_url
 
-from procfs import pss_kib, vm_hwm_kib
+from procfs import process_tree, pss_kib, vm_hwm_kib
 from rewards import migrate
 from rewards.config import Settings
 from rewards.db import create_db_engine
@@ -157,25 +157,6 @@ def _cpu_ticks(pid: int, *, children: bool = False) -> int:
     return ticks
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return found
-
-
-def _tree(root: int) -> list[int]:
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo += _children(pid)
-    return pids
-
-
 class TreeMonitor(threading.Thread):
     """Polls a process and its descendants: each one's peak RSS and CPU time, kept after it
     exits (as last seen), and the peak of their PSS summed (what the tree costs the machine:
@@ -199,7 +180,7 @@ class TreeMonitor(threading.Thread):
 
     def sample(self) -> None:
         pss = 0
-        for pid in _tree(self.root):
+        for pid in process_tree(self.root):
             name = self.names.get(pid) or _comm(pid)
             hwm, ticks = vm_hwm_kib(pid), _cpu_ticks(pid)
             if name not in {"time", "py-spy"}:
