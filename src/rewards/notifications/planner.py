@@ -279,19 +279,30 @@ def plan_due_notifications(
     else:
         query = sqlite_plan_query(days, as_of, max_attempts)
         result = conn.execute(query.execution_options(**streamed))
+    # Unpacked by position (both queries select the same columns in the same order):
+    # a row's attributes are looked up by name, several times the cost, for every key.
     for partition in result.partitions(batch_size):
         yield [
             DueKey(
-                user_id=row.userId,
-                notification_type=row.notificationType,
-                expiration_date=row.expirationDate.date(),
-                days_left=int(row.daysLeft),
-                points=int(row.points),
-                email=row.email,
-                name=row.name,
-                email_notifications=bool(row.emailNotifications),
+                user_id,
+                notification_type,
+                expiration_date.date(),
+                int(days_left),
+                int(points),
+                email,
+                name,
+                bool(email_notifications),
             )
-            for row in partition
+            for (
+                user_id,
+                notification_type,
+                expiration_date,
+                days_left,
+                points,
+                email,
+                name,
+                email_notifications,
+            ) in partition
         ]
 
 
