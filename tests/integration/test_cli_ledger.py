@@ -6,17 +6,22 @@ and tampered with; the console script runs as the README types it.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from rewards import migrate
 from rewards.clock import utcnow
 from rewards.ledger.projection import count_pending, sync_all
 from rewards.models import LedgerChange, PointLot
-from tests.integration.test_cli_db import rewards
+from tests.integration.test_cli_db import REWARDS, rewards
 
 NOW = utcnow()
 ACCOUNTS = 30
@@ -157,3 +162,56 @@ def test_a_large_sync_runs_batches_side_by_side_and_leaves_nothing_out(
         assert count_pending(conn) == 0
     check = rewards("ledger", "check", DATABASE_URL=url)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_sync_stopped_with_ctrl_c_says_so_and_the_next_run_finishes(
+    upgraded: tuple[str, Engine],
+) -> None:
+    url, engine = upgraded
+    if engine.dialect.name != "postgresql":
+        pytest.skip("holds a row lock to catch the sync half-way; SQLite locks the whole file")
+    with engine.connect() as holder, holder.begin():
+        # The sync waits on this account's lock, half-way through its first batch.
+        holder.execute(text('SELECT 1 FROM "Account" WHERE "id" = \'a007\' FOR UPDATE'))
+        sync = subprocess.Popen(
+            [REWARDS, "ledger", "sync"],
+            env={**os.environ, "COLUMNS": "200", "DATABASE_URL": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until_waiting_on_a_lock(engine, url)
+            sync.send_signal(signal.SIGINT)
+            stdout, stderr = sync.communicate(timeout=30)
+        finally:
+            if sync.poll() is None:
+                sync.kill()
+    assert sync.returncode == 130, stdout + stderr
+    assert f"Stopped: 0 of {ACCOUNTS} accounts brought up to date" in stderr
+    assert "rewards ledger sync` again to finish" in stderr
+    assert "Traceback" not in stderr
+    with engine.connect() as conn:
+        assert count_pending(conn) == ACCOUNTS  # the batch in flight was rolled back
+    again = rewards("ledger", "sync", DATABASE_URL=url)
+    assert again.returncode == 0, again.stderr
+    assert f"Brought {ACCOUNTS} accounts up to date" in again.stdout
+    assert rewards("ledger", "check", DATABASE_URL=url).returncode == 0
+
+
+def wait_until_waiting_on_a_lock(engine: Engine, url: str, timeout: float = 30) -> None:
+    database = make_url(url).database
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            waiting = conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :db"
+                    " AND application_name = 'rewards' AND wait_event_type = 'Lock'"
+                ),
+                {"db": database},
+            )
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the sync never reached the locked account")

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rewards.cli.context import app_context, out
+from rewards.cli.context import app_context, err, out
 from rewards.clock import utcnow
 from rewards.db import check_connection
 from rewards.ledger.check import check_projection
@@ -50,13 +50,25 @@ def sync(ctx: typer.Context) -> None:
         out.print("The lots are up to date: no changes to apply.")
         return
     started = time.perf_counter()
-    with _progress() as bar:
-        task = bar.add_task("Replaying accounts", total=pending)
+    done = 0
+    try:
+        with _progress() as bar:
+            task = bar.add_task("Replaying accounts", total=pending)
 
-        def advance(stats: SyncStats) -> None:
-            bar.advance(task, stats.accounts)
+            def advance(stats: SyncStats) -> None:
+                nonlocal done
+                done += stats.accounts
+                bar.advance(task, stats.accounts)
 
-        total = sync_all(context.engine, utcnow(), progress=advance)
+            total = sync_all(context.engine, utcnow(), progress=advance)
+    except KeyboardInterrupt:
+        # The batches that committed stay; those in flight were rolled back.
+        err.print(
+            f"Stopped: {done:,} of {pending:,} accounts brought up to date. Run `rewards"
+            " ledger sync` again to finish.",
+            style="yellow",
+        )
+        raise typer.Exit(130) from None
     seconds = time.perf_counter() - started
     rate = total.rows / seconds if seconds else 0.0
     out.print(
