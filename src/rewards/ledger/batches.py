@@ -2,7 +2,7 @@
 
 For a large sync on PostgreSQL a batch is about half database time (reading the
 ledger, writing lots and their indexes) and half Python time (the replay). The sync
-runs its batches in worker processes (:func:`run_in_processes`), so the Python half
+runs its batches in worker processes (:func:`worker_processes`), so the Python half
 of one batch runs beside another's, each on a core of its own; threads share one
 interpreter lock, and the Python halves of two batches queue for it.
 """
