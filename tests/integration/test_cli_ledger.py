@@ -6,6 +6,7 @@ and tampered with; the console script runs as the README types it.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -215,3 +216,18 @@ def wait_until_waiting_on_a_lock(engine: Engine, url: str, timeout: float = 30) 
             return
         time.sleep(0.05)
     raise AssertionError("the sync never reached the locked account")
+
+
+def test_a_sync_runs_with_the_cyclic_collector_paused_and_restores_it(
+    upgraded: tuple[str, Engine],
+) -> None:
+    _, engine = upgraded
+    assert gc.isenabled()
+    during: list[bool] = []
+    total = sync_all(
+        engine, utcnow(), batch_accounts=10, progress=lambda _: during.append(gc.isenabled())
+    )
+    assert total.accounts == ACCOUNTS
+    assert during
+    assert not any(during)
+    assert gc.isenabled()

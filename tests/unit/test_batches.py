@@ -6,11 +6,20 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from rewards.ledger.batches import run_in_pool, run_in_threads, worker_processes
+from rewards.ledger.batches import run_in_pool, worker_processes
+
+
+def run_in_threads(
+    batches: Iterator[Any], work: Callable[[Any], Any], done: Callable[[Any], None], threads: int
+) -> None:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        run_in_pool(pool, batches, work, done, at_once=threads)
 
 
 def test_every_batch_is_done_once_and_its_result_handed_back() -> None:

@@ -16,25 +16,12 @@ from concurrent.futures import (
     Executor,
     Future,
     ProcessPoolExecutor,
-    ThreadPoolExecutor,
     wait,
 )
 from typing import Any, TypeVar
 
 Batch = TypeVar("Batch")
 Result = TypeVar("Result")
-
-
-def run_in_threads(
-    batches: Iterator[Batch],
-    work: Callable[[Batch], Result],
-    done: Callable[[Result], None],
-    *,
-    threads: int,
-) -> None:
-    """:func:`run_in_pool` on ``threads`` threads of this process."""
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="batch") as pool:
-        run_in_pool(pool, batches, work, done, at_once=threads)
 
 
 def worker_processes(

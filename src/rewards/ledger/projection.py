@@ -322,6 +322,7 @@ PARALLEL_FROM_BATCHES = 10
 """Below this many batches waiting, :func:`sync_all` runs them one after another."""
 
 
+@collector_paused()
 def sync_all(
     engine: Engine,
     now: datetime,
@@ -336,17 +337,6 @@ def sync_all(
     change records together. ``progress`` is called after each batch. A large sync on
     PostgreSQL (an upgrade's, of every account) runs ``workers`` batches at once.
     """
-    with collector_paused():
-        return _sync_all(engine, now, batch_accounts, progress, workers)
-
-
-def _sync_all(
-    engine: Engine,
-    now: datetime,
-    batch_accounts: int,
-    progress: Callable[[SyncStats], None] | None,
-    workers: int,
-) -> SyncStats:
     if engine.dialect.name == "postgresql" and workers > 1:
         with engine.connect() as conn:
             waiting = count_pending(conn)
