@@ -7,10 +7,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, func, select
 
+from rewards.api.deps import OneHop
 from rewards.db import create_db_engine
+from rewards.ids import new_id
+from rewards.tables import users
 from tests.integration.api_server import (
     ADMIN_TOKEN,
     CLIENT_TOKEN,
@@ -233,6 +237,45 @@ def test_a_write_is_committed_before_its_response_is_sent(
     finally:
         event.remove(engine, "commit", slow_commit)
     assert read_back.status_code == 200, read_back.text
+
+
+@pytest.mark.parametrize("operation", ["earn", "redeem"])
+def test_points_are_committed_before_the_response_is_sent(
+    live_api: LiveApi, engine: Engine, account: str, operation: str
+) -> None:
+    """Earn and redeem run their work in one hop to a worker thread (rewards.api.deps.OneHop);
+    the commit is part of the hop, so a read right after the 201 sees the points."""
+    json_of(live_api.client.post(f"/accounts/{account}/earn", json={"points": 50}), 201)
+
+    def slow_commit(_: Connection) -> None:
+        time.sleep(0.5)
+
+    event.listen(engine, "commit", slow_commit)
+    try:
+        json_of(live_api.client.post(f"/accounts/{account}/{operation}", json={"points": 20}), 201)
+        left = available(live_api, account)
+    finally:
+        event.remove(engine, "commit", slow_commit)
+    assert left == {"earn": 70, "redeem": 30}[operation]
+
+
+def test_work_in_one_hop_commits_all_of_it_or_nothing(engine: Engine) -> None:
+    hop = OneHop(engine)
+    user = new_id()
+
+    def write_then_fail(conn: Connection) -> None:
+        conn.execute(users.insert().values(id=user))
+        raise RuntimeError("the work failed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        anyio.run(hop.write, write_then_fail)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).where(users.c.id == user)) == 0
+
+    # A read commits what it wrote on the way (other writers' changes applied to lots).
+    anyio.run(hop.read, lambda conn: conn.execute(users.insert().values(id=user)))
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).where(users.c.id == user)) == 1
 
 
 # -- health, docs, schema -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rewards.collector import collector_paused
+from rewards.collector import collector_paused, freeze_startup_objects
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +59,18 @@ def test_a_collector_disabled_before_stays_disabled() -> None:
     with collector_paused():
         pass
     assert not gc.isenabled()
+
+
+def test_objects_made_at_start_up_are_left_out_of_later_collections() -> None:
+    class Made:
+        pass
+
+    at_start_up = Made()
+    assert any(o is at_start_up for o in gc.get_objects())  # walked by every full pass
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > 0
+        assert gc.is_tracked(at_start_up)
+        assert not any(o is at_start_up for o in gc.get_objects())  # no longer walked
+    finally:
+        gc.unfreeze()

@@ -18,6 +18,7 @@ from rewards.api.pages import Pages
 from rewards.api.routes import accounts, admin, balance, health, members, opt_out, unsubscribe
 from rewards.api.schemas import Problem, problem_responses
 from rewards.api.uploads import BodySizeLimits
+from rewards.collector import freeze_startup_objects
 from rewards.config import Settings, load_settings
 from rewards.console import views as console
 from rewards.db import create_db_engine
@@ -106,7 +107,9 @@ def app_from_environment() -> FastAPI:
     (tokens generated for a loopback session included); the scheduler is not here.
     """
     configure_logging()
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    freeze_startup_objects()
+    return app
 
 
 def problem_details_in_schema(schema: dict[str, Any]) -> dict[str, Any]:

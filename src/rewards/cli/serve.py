@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from rewards.api.app import create_app
 from rewards.cli.context import app_context, err, out
+from rewards.collector import freeze_startup_objects
 from rewards.config import Settings, require_own_secret_to_send
 from rewards.db import check_connection
 from rewards.migrate import require_current
@@ -83,6 +84,7 @@ def serve(
     try:
         if workers == 1:
             app = create_app(settings, context.engine, scheduler=sched)
+            freeze_startup_objects()
             uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
         else:
             _serve_processes(sched, generated, host=host, port=port, workers=workers)

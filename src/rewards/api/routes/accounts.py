@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from rewards.api.deps import Client, ReadConn, SettingsDep, Tx
+from rewards.api.deps import Client, Db, ReadConn, SettingsDep
 from rewards.api.routes.members import account_out
 from rewards.api.schemas import (
     AccountOut,
@@ -80,22 +80,24 @@ def get_account(accountId: str, conn: ReadConn) -> AccountOut:
     response_model=EntryOut,
     responses={200: {"model": EntryOut, "description": REPLAY}},
 )
-def earn(
+async def earn(
     accountId: str,
     body: EarnRequest,
-    conn: Tx,
+    db: Db,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> EntryOut:
     """Credit points; with ``expiresAt`` (in the future) they expire then, else never."""
-    entry = ledger.earn(
-        conn,
-        accountId,
-        body.points,
-        as_of=utcnow(),
-        expires_at=body.expiresAt,
-        description=body.description,
-        idempotency_key=idempotency_key,
+    entry = await db.write(
+        lambda conn: ledger.earn(
+            conn,
+            accountId,
+            body.points,
+            as_of=utcnow(),
+            expires_at=body.expiresAt,
+            description=body.description,
+            idempotency_key=idempotency_key,
+        )
     )
     return _respond(entry, response)
 
@@ -109,21 +111,23 @@ def earn(
         409: {"description": "Not enough points; nothing was written"},
     },
 )
-def redeem(
+async def redeem(
     accountId: str,
     body: RedeemRequest,
-    conn: Tx,
+    db: Db,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> EntryOut:
     """Spend points, earliest-expiring first; all or nothing (409 when short)."""
-    entry = ledger.redeem(
-        conn,
-        accountId,
-        body.points,
-        as_of=utcnow(),
-        description=body.description,
-        idempotency_key=idempotency_key,
+    entry = await db.write(
+        lambda conn: ledger.redeem(
+            conn,
+            accountId,
+            body.points,
+            as_of=utcnow(),
+            description=body.description,
+            idempotency_key=idempotency_key,
+        )
     )
     return _respond(entry, response)
 
@@ -180,16 +184,18 @@ def ledger_history(
 
 
 @router.get("/{accountId}/balance", response_model=BalanceOut)
-def balance(
+async def balance(
     accountId: str,
-    conn: ReadConn,
+    db: Db,
     settings: SettingsDep,
     days: Annotated[int, Query(ge=1, le=3650)] = 30,
 ) -> BalanceOut:
     """Spendable points now and, per date, the unspent points expiring in the next ``days``."""
     now = utcnow()
-    held = ledger.holdings(
-        conn, [accountId], as_of=now, until=now + timedelta(days=days), zone=settings.zone
+    held = await db.read(
+        lambda conn: ledger.holdings(
+            conn, [accountId], as_of=now, until=now + timedelta(days=days), zone=settings.zone
+        )
     )
     return BalanceOut(
         accountId=accountId,
