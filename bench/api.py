@@ -13,7 +13,10 @@ package ``wrk``), ``--connections`` at a time, measuring in one run:
 * ``GET /accounts/{id}/balance`` of the account with many lots: its requests per
   second against the ceiling (target: at least half);
 * ``POST /accounts/{id}/earn`` spread over many accounts: latency percentiles and
-  errors (target: p99 under 50 ms, no errors).
+  errors (target: p99 under 50 ms, no errors);
+* the same earns offered at fixed rates (``--earn-rates``, open loop, see
+  :class:`OpenLoop`): the latency a shop sees at a given load, rather than at the
+  server's saturation, where 32 connections always waiting make the queue the latency.
 
 ``--check`` exits non-zero when a request fails or a target is missed.
 """
@@ -21,7 +24,9 @@ package ``wrk``), ``--connections`` at a time, measuring in one run:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import random
 import re
 import shutil
 import socket
@@ -129,12 +134,86 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+class OpenLoop:
+    """Earns sent on a fixed schedule, ``rate`` a second, whether or not earlier ones have
+    been answered, each on a keep-alive connection that is free at that instant (a new one
+    when none is). Latency counts from the instant a request was due, not from when a
+    connection let it go: a closed loop (wrk's) sends no new request while the server is
+    slow, and so leaves its slowest moments out of its percentiles.
+    """
+
+    def __init__(self, port: int, rate: int, expires: str) -> None:
+        self.port, self.rate, self.expires = port, rate, expires
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.opened = 0
+
+    def request(self, n: int) -> bytes:
+        account = f"e{random.randrange(EARN_ACCOUNTS):05d}"
+        body = (
+            f'{{"points": 10, "expiresAt": "{self.expires}", "description": "order {n}"}}'
+        ).encode()
+        head = (
+            f"POST /accounts/{account}/earn HTTP/1.1\r\nHost: bench\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
+
+    async def one(self, n: int, due: float) -> None:
+        try:
+            if self.idle:
+                reader, writer = self.idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                self.opened += 1
+            writer.write(self.request(n))
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            self.latencies.append((time.perf_counter() - due) * 1000)
+            if not head.startswith(b"HTTP/1.1 201"):
+                self.failed += 1
+            self.idle.append((reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            self.failed += 1
+
+    async def run(self, seconds: float) -> dict[str, Any]:
+        start = time.perf_counter()
+        tasks = []
+        for n in range(int(self.rate * seconds)):
+            due = start + n / self.rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(self.one(n, due)))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        for _, writer in self.idle:
+            writer.close()
+        ordered = sorted(self.latencies)
+
+        def pct(p: float) -> float:
+            return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+        return {
+            "rate": self.rate,
+            "sent": len(tasks),
+            "latency_ms": {50: pct(50), 99: pct(99), 100: ordered[-1] if ordered else 0.0},
+            "failed": self.failed,
+            "connections": self.opened,
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--lots", type=int, default=200)
+    parser.add_argument(
+        "--earn-rates",
+        default="100,200",
+        help="earns per second offered on a fixed schedule (open loop), comma-separated",
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 on an error or a missed target"
     )
@@ -218,6 +297,11 @@ def run(url: str, args: argparse.Namespace) -> int:
                 EARN_SCRIPT % {"token": TOKEN, "accounts": EARN_ACCOUNTS, "expires": expires}
             )
             earns = wrk(base + "/", args.seconds, args.connections, headers={}, script=script)
+        scheduled = [
+            asyncio.run(OpenLoop(port, int(rate), expires).run(args.seconds))
+            for rate in args.earn_rates.split(",")
+            if rate
+        ]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
@@ -241,6 +325,14 @@ def run(url: str, args: argparse.Namespace) -> int:
             f"{label:48} {r['rps']:9.0f} {lat.get(50, 0):8.1f} {lat.get(99, 0):8.1f}"
             f" {r['failed'] + r['socket_errors']:7d}"
         )
+    for r in scheduled:
+        lat = r["latency_ms"]
+        print(
+            f"{'POST earn at ' + format(r['rate'], ',') + '/s offered (open loop)':48}"
+            f" {r['rate']:9d} {lat[50]:8.1f} {lat[99]:8.1f} {r['failed']:7d}"
+            f"   max {lat[100]:.0f} ms, {r['connections']} connections"
+        )
+    errors += sum(r["failed"] for r in scheduled)
     print(f"balance / healthz: {ratio:.2f}x (target >= 0.5x)")
     print(f"earn p99: {p99:.1f} ms (target < 50 ms), failed requests: {errors} (target 0)")
     ok = ratio >= 0.5 and p99 < 50 and errors == 0
