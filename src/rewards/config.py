@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     notify_batch_size: int = Field(default=1000, ge=1, le=100_000)
     notify_lease_seconds: int = Field(default=900, ge=1)
 
+    # The lots: how often the scheduler applies what other applications wrote to the
+    # ledger (0: only when a result needs it: a read, a redemption, the daily job).
+    ledger_sync_seconds: int = Field(default=60, ge=0, le=86_400)
+
     # Delivery.
     dispatch: Dispatch = Dispatch.INLINE
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"

@@ -30,6 +30,7 @@ from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.schedule import latest_fire, scheduled_time
 from rewards.notifications.scheduler import (
     JOB_ID,
+    LEDGER_SYNC_ID,
     MISFIRE_GRACE_SECONDS,
     build_scheduler,
     missed_today,
@@ -266,7 +267,7 @@ def test_the_scheduler_catches_up_when_todays_run_was_missed(
         outbox_dir=tmp_path / "outbox",
     )
     scheduler = build_scheduler(engine, settings)
-    assert set(jobs_by_id(scheduler)) == {JOB_ID}
+    assert set(jobs_by_id(scheduler)) == {JOB_ID, LEDGER_SYNC_ID}  # no one-off catch-up job
     scheduler.start()
     try:
         assert wait_until(lambda: bool(scheduler_runs(engine)), timeout=20)
@@ -286,7 +287,7 @@ def test_the_scheduler_does_not_catch_up_when_today_already_ran(
     record_run(engine, utcnow(), "SUCCEEDED")
     with started_paused(engine, settings_for(database_url, cron="0 0 * * *")) as scheduler:
         jobs = jobs_by_id(scheduler)
-    assert set(jobs) == {JOB_ID}
+    assert set(jobs) == {JOB_ID, LEDGER_SYNC_ID}
     assert jobs[JOB_ID].next_run_time > datetime.now(UTC)  # the next midnight, not now
 
 

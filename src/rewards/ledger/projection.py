@@ -358,6 +358,30 @@ def sync_all(
             return total
 
 
+FOLLOW_BATCH_ACCOUNTS = 500
+"""Accounts per transaction of :func:`sync_waiting`: short, as requests may queue behind it."""
+
+
+@collector_paused()
+def sync_waiting(
+    engine: Engine, now: datetime, *, batch_accounts: int = FOLLOW_BATCH_ACCOUNTS
+) -> SyncStats:
+    """Apply what other applications changed, as the scheduler does every
+    ``REWARDS_LEDGER_SYNC_SECONDS``, so that reads, redemptions and the daily job find the
+    lots up to date instead of bringing them up to date themselves.
+
+    It never waits: an account a request or the daily job holds is left to its holder,
+    or to the next pass. A pass ends at the first batch that left one, or found no more.
+    """
+    total = SyncStats()
+    while True:
+        with engine.begin() as conn, projection_writes(conn), keyed_reads(conn):
+            stats = sync_changes(conn, now, limit=batch_accounts, wait=False)
+        total += stats
+        if stats.accounts < batch_accounts:
+            return total
+
+
 BATCH_ATTEMPTS = 3
 
 

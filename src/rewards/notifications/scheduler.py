@@ -1,4 +1,5 @@
-"""Runs CheckExpiringPointsJob on ``REWARDS_NOTIFY_CRON`` in the programme's time zone.
+"""Runs CheckExpiringPointsJob on ``REWARDS_NOTIFY_CRON`` in the programme's time zone, and
+applies other applications' ledger changes every ``REWARDS_LEDGER_SYNC_SECONDS``.
 
 Coalescing folds a backlog of missed fires into one run, and a run missed while
 no process was up (say the process starts at 09:30 for a 09:00 job) is caught
@@ -13,10 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, select
 
 from rewards.clock import local_date, utcnow
 from rewards.config import Settings
+from rewards.ledger.projection import SyncStats, sync_waiting
 from rewards.models import NotificationJobRun
 from rewards.notifications.job import CheckExpiringPointsJob
 from rewards.notifications.locking import JobAlreadyRunning
@@ -27,6 +30,7 @@ log = logging.getLogger("rewards.notifications.scheduler")
 
 JOB_ID = "CheckExpiringPointsJob"
 MISFIRE_GRACE_SECONDS = 6 * 3600
+LEDGER_SYNC_ID = "LedgerSync"
 
 
 def run_scheduled(
@@ -45,6 +49,24 @@ def run_scheduled(
         log.info("[%s] %s", JOB_ID, exc)
     except Exception:
         log.exception("[%s] scheduled run failed", JOB_ID)
+
+
+def run_ledger_sync(engine: Engine, clock: Callable[[], datetime] = utcnow) -> SyncStats:
+    """One pass of the ledger sync; a failure is logged, and the next pass tries again."""
+    try:
+        stats = sync_waiting(engine, clock())
+    except Exception:
+        log.exception("[%s] applying other applications' ledger changes failed", LEDGER_SYNC_ID)
+        return SyncStats()
+    if stats.accounts:
+        log.info(
+            "[%s] brought %d accounts up to date (%d ledger rows read, %d anomalies)",
+            LEDGER_SYNC_ID,
+            stats.accounts,
+            stats.rows,
+            stats.shortfalls,
+        )
+    return stats
 
 
 def missed_today(engine: Engine, settings: Settings, now: datetime) -> bool:
@@ -89,4 +111,15 @@ def build_scheduler(
         **options,
     )
     log.info("[%s] scheduled for %s", JOB_ID, settings.notify_cron)
+    if settings.ledger_sync_seconds:
+        scheduler.add_job(
+            run_ledger_sync,
+            IntervalTrigger(seconds=settings.ledger_sync_seconds),
+            args=(engine,),
+            id=LEDGER_SYNC_ID,
+            name=LEDGER_SYNC_ID,
+            coalesce=True,
+            max_instances=1,
+        )
+        log.info("[%s] every %d s", LEDGER_SYNC_ID, settings.ledger_sync_seconds)
     return scheduler
