@@ -358,13 +358,12 @@ def sync_all(
             return total
 
 
-FOLLOW_BATCH_ACCOUNTS = 500
+WAITING_BATCH_ACCOUNTS = 500
 """Accounts per transaction of :func:`sync_waiting`: short, as requests may queue behind it."""
 
 
-@collector_paused()
 def sync_waiting(
-    engine: Engine, now: datetime, *, batch_accounts: int = FOLLOW_BATCH_ACCOUNTS
+    engine: Engine, now: datetime, *, batch_accounts: int = WAITING_BATCH_ACCOUNTS
 ) -> SyncStats:
     """Apply what other applications changed, as the scheduler does every
     ``REWARDS_LEDGER_SYNC_SECONDS``, so that reads, redemptions and the daily job find the
@@ -372,6 +371,8 @@ def sync_waiting(
 
     It never waits: an account a request or the daily job holds is left to its holder,
     or to the next pass. A pass ends at the first batch that left one, or found no more.
+    The collector is not paused (as :func:`sync_all` does): the scheduler shares its
+    process with the server's requests, and a pass is small.
     """
     total = SyncStats()
     while True:
