@@ -162,6 +162,7 @@ class OpenLoop:
         return head.encode() + body
 
     async def one(self, n: int, due: float) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
             if self.idle:
                 reader, writer = self.idle.pop()
@@ -178,6 +179,8 @@ class OpenLoop:
             self.idle.append((reader, writer))
         except (OSError, asyncio.IncompleteReadError):
             self.failed += 1
+            if writer is not None:
+                writer.close()  # its state is unknown: never reused
 
     async def run(self, seconds: float) -> dict[str, Any]:
         start = time.perf_counter()
