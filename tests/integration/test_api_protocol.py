@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import anyio
 import pytest
 from sqlalchemy import Connection, Engine, event, func, select
 
-from rewards.api.deps import OneHop
+from rewards.api.deps import DB_CONCURRENCY, HEALTH_CONCURRENCY, OneHop
 from rewards.db import create_db_engine
 from rewards.ids import new_id
 from rewards.tables import users
@@ -27,6 +28,7 @@ from tests.integration.api_server import (
     open_account,
     running_api,
 )
+from tests.integration.test_api_ledger import run_together
 from tests.smtp_server import free_port, running_smtp_server
 
 pytest_plugins = ["tests.integration.api_server"]
@@ -257,6 +259,41 @@ def test_points_are_committed_before_the_response_is_sent(
     finally:
         event.remove(engine, "commit", slow_commit)
     assert left == {"earn": 70, "redeem": 30}[operation]
+
+
+@pytest.mark.parametrize(
+    ("path", "bound"),
+    [("/healthz", HEALTH_CONCURRENCY), ("/accounts/{account}/balance", DB_CONCURRENCY)],
+)
+def test_a_burst_holds_no_more_connections_than_its_kind_is_allowed(
+    live_api: LiveApi, engine: Engine, account: str, path: str, bound: int
+) -> None:
+    """Requests beyond the bound wait on the event loop, not in threads contending for the
+    interpreter lock (rewards.api.deps); every one of the burst is still answered."""
+    lock = threading.Lock()
+    held = most = 0
+
+    def checkout(*_: object) -> None:
+        nonlocal held, most
+        with lock:
+            held += 1
+            most = max(most, held)
+        time.sleep(0.05)  # keep it a while, so that the burst's requests overlap
+
+    def checkin(*_: object) -> None:
+        nonlocal held
+        with lock:
+            held -= 1
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    try:
+        responses = run_together(30, lambda: live_api.client.get(path.format(account=account)))
+    finally:
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)
+    assert [r.status_code for r in responses] == [200] * 30
+    assert 1 < most <= bound
 
 
 def test_work_in_one_hop_commits_all_of_it_or_nothing(engine: Engine) -> None:

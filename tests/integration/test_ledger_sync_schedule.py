@@ -26,6 +26,7 @@ from rewards.ledger.projection import SyncStats, sync_waiting
 from rewards.notifications.scheduler import LEDGER_SYNC_ID, build_scheduler, run_ledger_sync
 from rewards.tables import changes, lots
 from tests.integration.test_ledger_service import new_account, raw_insert
+from tests.integration.test_scheduler import started_paused
 from tests.smtp_server import free_port
 
 
@@ -72,12 +73,9 @@ def running(scheduler: BackgroundScheduler) -> Iterator[BackgroundScheduler]:
 def test_the_ledger_sync_runs_every_rewards_ledger_sync_seconds(
     engine: Engine, database_url: str
 ) -> None:
-    scheduler = build_scheduler(engine, settings_for(database_url, ledger_sync_seconds=45))
-    scheduler.start(paused=True)
-    try:
+    settings = settings_for(database_url, ledger_sync_seconds=45)
+    with started_paused(engine, settings) as scheduler:
         job = scheduler.get_job(LEDGER_SYNC_ID)
-    finally:
-        scheduler.shutdown(wait=False)
     assert job is not None
     assert isinstance(job.trigger, IntervalTrigger)
     assert job.trigger.interval == timedelta(seconds=45)
@@ -88,12 +86,8 @@ def test_the_ledger_sync_runs_every_rewards_ledger_sync_seconds(
 def test_zero_seconds_leaves_the_ledger_to_be_applied_on_demand(
     engine: Engine, database_url: str
 ) -> None:
-    scheduler = build_scheduler(engine, settings_for(database_url, ledger_sync_seconds=0))
-    scheduler.start(paused=True)
-    try:
+    with started_paused(engine, settings_for(database_url, ledger_sync_seconds=0)) as scheduler:
         assert scheduler.get_job(LEDGER_SYNC_ID) is None
-    finally:
-        scheduler.shutdown(wait=False)
 
 
 def test_the_scheduler_applies_rows_another_application_wrote(

@@ -48,6 +48,7 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert settings.notify_tiers == (30, 7, 1)
     assert settings.notify_cron == "0 9 * * *"
     assert settings.email_backend is EmailBackend.FILE
+    assert settings.ledger_sync_seconds == 60
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,11 +56,13 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("REWARDS_NOTIFY_TIERS", "1, 14,60,3")
     monkeypatch.setenv("REWARDS_TIMEZONE", "Europe/Paris")
     monkeypatch.setenv("REWARDS_EMAIL_BACKEND", "smtp")
+    monkeypatch.setenv("REWARDS_LEDGER_SYNC_SECONDS", "0")
     settings = load_settings()
     assert settings.database_url == "postgres://x@y/z"
     assert settings.notify_tiers == (60, 14, 3, 1)
     assert settings.zone.key == "Europe/Paris"
     assert settings.email_backend is EmailBackend.SMTP
+    assert settings.ledger_sync_seconds == 0
 
 
 @pytest.mark.parametrize(
@@ -74,6 +77,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         ("REWARDS_SMTP_PORT", "99999", "invalid setting REWARDS_SMTP_PORT"),
         ("REWARDS_EMAIL_BACKEND", "pigeon", "invalid setting REWARDS_EMAIL_BACKEND"),
         ("REWARDS_NOTIFY_MAX_ATTEMPTS", "0", "invalid setting REWARDS_NOTIFY_MAX_ATTEMPTS"),
+        ("REWARDS_LEDGER_SYNC_SECONDS", "-1", "invalid setting REWARDS_LEDGER_SYNC_SECONDS"),
     ],
 )
 def test_invalid_values_name_the_setting(

@@ -347,10 +347,23 @@ def sync_all(
             with engine.begin() as conn:
                 conn.execute(text('ANALYZE "LedgerChange"'))
             return _sync_in_parallel(engine, now, batch_accounts, progress, workers)
+    return _sync_in_turn(engine, now, batch_accounts, progress=progress)
+
+
+def _sync_in_turn(
+    engine: Engine,
+    now: datetime,
+    batch_accounts: int,
+    *,
+    progress: Callable[[SyncStats], None] | None = None,
+    wait: bool = True,
+) -> SyncStats:
+    """Batches one after another, each in its own transaction, until one comes back short
+    (no more waiting, or, with ``wait=False``, an account someone else held)."""
     total = SyncStats()
     while True:
         with engine.begin() as conn, projection_writes(conn), keyed_reads(conn):
-            stats = sync_changes(conn, now, limit=batch_accounts)
+            stats = sync_changes(conn, now, limit=batch_accounts, wait=wait)
         total += stats
         if progress is not None and stats.accounts:
             progress(stats)
@@ -374,13 +387,7 @@ def sync_waiting(
     The collector is not paused (as :func:`sync_all` does): the scheduler shares its
     process with the server's requests, and a pass is small.
     """
-    total = SyncStats()
-    while True:
-        with engine.begin() as conn, projection_writes(conn), keyed_reads(conn):
-            stats = sync_changes(conn, now, limit=batch_accounts, wait=False)
-        total += stats
-        if stats.accounts < batch_accounts:
-            return total
+    return _sync_in_turn(engine, now, batch_accounts, wait=False)
 
 
 BATCH_ATTEMPTS = 3
